@@ -1,0 +1,348 @@
+"""Settings: `drop_zones.yaml` turned into frozen, validated, typed objects.
+
+Everything that can be checked before the daemon touches the outside world is checked here, so
+a bad file is refused at start with `key.path: reason` and exit code 2, never a traceback.
+Relative paths resolve against the config file's folder; `${VAR}` and `${VAR:-default}` are
+expanded from the environment. Secrets never live here: see `daemon.database` and the AWS chain.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from daemon.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/drop_zones.yaml")
+KEY_FIELDS = frozenset({"doc_type", "sha256", "name", "zone", "ext"})
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Frozen(BaseModel):
+    """Base of every settings model: immutable, and unknown keys are errors, not silence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _base(info: ValidationInfo) -> Path:
+    """The folder relative paths resolve against (the config file's folder)."""
+    context = info.context or {}
+    return Path(context.get("base", "."))
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Anchor a relative path at the config file's folder, without touching the disk."""
+    path = value.expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else _base(info) / path))
+
+
+class ZoneSettings(Frozen):
+    """One watched folder and its rules."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", max_length=64)
+    path: Path
+    doc_type: str = Field("document", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = (".*", "*.part", "*.tmp", "*~")
+    recursive: bool = True
+    settle_ms: int = Field(1000, ge=0, le=3_600_000)
+    after: Literal["move", "delete", "keep"] = "move"
+    poll: bool = False  # for filesystems that send no events (NFS, SMB, some FUSE)
+    done_dir: Path
+    quarantine_dir: Path
+
+    @field_validator("path")
+    @classmethod
+    def _zone_folder(cls, value: Path, info: ValidationInfo) -> Path:
+        path = _resolve(value, info)
+        if not path.exists():
+            raise ValueError("folder does not exist")
+        if not path.is_dir():
+            raise ValueError("not a folder")
+        return path
+
+    @field_validator("done_dir", "quarantine_dir")
+    @classmethod
+    def _side_folder(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class StorageSettings(Frozen):
+    """Where objects go: a local folder (file store) or `s3://bucket/prefix`."""
+
+    url: str
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    sse: Literal["AES256", "aws:kms", "none"] = "AES256"
+    kms_key_id: str | None = None
+    key_template: str = "dropzones/{doc_type}/{sha256}/{name}"
+    max_connections: int = Field(32, ge=1, le=1024)
+    multipart_threshold: ByteSize = Field(ByteSize(64 * 1024**2), ge=5 * 1024**2)
+
+    @field_validator("endpoint_url", "kms_key_id", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("s3://"):
+            if not urlsplit(value).netloc:
+                raise ValueError("s3:// URL needs a bucket, like s3://bucket/prefix")
+            return value.rstrip("/")
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError("must be s3://bucket/prefix, file:///path or a folder")
+        return str(_resolve(Path(value.removeprefix("file://")), info))
+
+    @field_validator("key_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        unknown = fields - KEY_FIELDS
+        if unknown:
+            raise ValueError(f"unknown field {{{sorted(unknown)[0]}}}; use {sorted(KEY_FIELDS)}")
+        if "sha256" not in fields:
+            raise ValueError("must contain {sha256} so that two contents never share a key")
+        return value
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    @property
+    def bucket(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def prefix(self) -> str:
+        return urlsplit(self.url).path.strip("/")
+
+
+class DatabaseSettings(Frozen):
+    """`embedded` (pgserver under the state dir) or a `postgresql://` URL without its password."""
+
+    url: str = "embedded"
+    password_file: Path | None = None
+    pool_min: int = Field(1, ge=0, le=100)
+    pool_max: int = Field(10, ge=1, le=500)
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if value != "embedded" and urlsplit(value).scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be 'embedded' or postgresql://user@host:port/db")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+
+class MlflowSettings(Frozen):
+    """Where runs are recorded, and how files are grouped into runs."""
+
+    tracking_uri: str
+    experiment: str = Field("dropzone", min_length=1)
+    run_per_file: bool = False
+    window_files: int = Field(500, ge=1, le=100_000)
+    window_s: float = Field(10.0, gt=0)
+    artifact_location: str | None = None
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            return "sqlite:///" + str(_resolve(Path(value.removeprefix("sqlite:///")), info))
+        if "://" not in value:
+            raise ValueError("must be a URI: sqlite:///path, http(s)://server or a database URI")
+        return value
+
+
+class EmbeddingSettings(Frozen):
+    """How text becomes chunks and vectors."""
+
+    model: Literal["hashing"] = "hashing"
+    dim: int = Field(384, ge=8, le=4096)
+    chunk_chars: int = Field(1000, ge=100, le=100_000)
+    chunk_overlap: int = Field(100, ge=0)
+    batch_size: int = Field(64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _overlap(self) -> EmbeddingSettings:
+        if self.chunk_overlap * 2 > self.chunk_chars:
+            raise ValueError("chunk_overlap must be at most half of chunk_chars")
+        return self
+
+
+class PipelineSettings(Frozen):
+    """Concurrency, limits and the retry budget of the pipeline."""
+
+    workers: int = Field(8, ge=1, le=256)
+    max_file_bytes: ByteSize = ByteSize(5 * 1024**3)
+    max_attempts: int = Field(8, ge=1, le=100)
+    retry_base_s: float = Field(2.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    lease_s: float = Field(300.0, ge=5)
+    rescan_s: float = Field(60.0, gt=0)
+    poll_s: float = Field(1.0, gt=0)
+    drain_grace_s: float = Field(30.0, ge=0)
+
+
+class Settings(Frozen):
+    """The whole configuration of one daemon."""
+
+    state_dir: Path
+    zones: tuple[ZoneSettings, ...] = Field(min_length=1)
+    storage: StorageSettings
+    database: DatabaseSettings = DatabaseSettings()
+    mlflow: MlflowSettings
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_state_dir(cls, data: Any) -> Any:
+        return fill_state_defaults(data) if isinstance(data, dict) else data
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("zones")
+    @classmethod
+    def _distinct_zones(cls, zones: tuple[ZoneSettings, ...]) -> tuple[ZoneSettings, ...]:
+        for i, zone in enumerate(zones):
+            for other in zones[:i]:
+                _check_apart(zone, other)
+        return zones
+
+    def zone(self, name: str) -> ZoneSettings:
+        return next(z for z in self.zones if z.name == name)
+
+
+def _check_apart(zone: ZoneSettings, other: ZoneSettings) -> None:
+    """Two zones may not share a name or a folder: a file must belong to exactly one zone."""
+    if zone.name == other.name:
+        raise ValueError(f"zone name '{zone.name}' is used twice")
+    if zone.path.is_relative_to(other.path) or other.path.is_relative_to(zone.path):
+        raise ValueError(f"zones '{other.name}' and '{zone.name}' overlap")
+
+
+def fill_state_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Give every state-dir-relative default its place before validation resolves paths."""
+    state = str(data.get("state_dir") or "var")
+    data = {**data, "state_dir": state}
+    data["storage"] = {"url": f"{state}/objects", **(data.get("storage") or {})}
+    data["mlflow"] = {"tracking_uri": f"sqlite:///{state}/mlflow.db", **(data.get("mlflow") or {})}
+    zones = data.get("zones")
+    if isinstance(zones, list):
+        data["zones"] = [_zone_defaults(zone, state) for zone in zones]
+    return data
+
+
+def _zone_defaults(zone: Any, state: str) -> Any:
+    if not isinstance(zone, dict) or not isinstance(zone.get("name"), str):
+        return zone
+    name = zone["name"]
+    return {"done_dir": f"{state}/done/{name}", "quarantine_dir": f"{state}/quarantine/{name}",
+            **zone}
+
+
+def expand_env(node: Any, env: dict[str, str], path: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, env, _join(path, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return _ENV_REF.sub(lambda m: _lookup(m, env, path), node)
+    return node
+
+
+def _lookup(match: re.Match[str], env: dict[str, str], path: str) -> str:
+    if match.group(0) == "$$":
+        return "$"
+    name, default = match.group(1), match.group(2)
+    if name in env:
+        return env[name]
+    if default is not None:
+        return default
+    raise ConfigError([f"{path or '(top)'}: environment variable {name} is not set"])
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """`("zones", 2, "path")` -> `zones[2].path`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = _join(out, part)
+    return out or "(top)"
+
+
+def _problems(err: ValidationError) -> Iterator[str]:
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+        msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        msg = {"Extra inputs are not permitted": "unknown key", "Field required": "required"}.get(
+            msg, msg
+        )
+        yield f"{format_loc(loc)}: {msg}"
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse the file; any YAML or I/O problem becomes a one-line ConfigError."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read ({exc})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{where}: {problem}"]) from None
+
+
+def parse(data: Any, base: Path, env: dict[str, str] | None = None) -> Settings:
+    """Validate an already-parsed document; relative paths resolve against `base`."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top): the config must be a mapping of keys to values"])
+    data = expand_env(data, dict(os.environ) if env is None else env)
+    try:
+        return Settings.model_validate(data, context={"base": base})
+    except ValidationError as err:
+        raise ConfigError(list(_problems(err))) from None
+
+
+def load(path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read and validate a config file (default: $DROPZONE_CONFIG or config/drop_zones.yaml)."""
+    path = path or Path(os.environ.get("DROPZONE_CONFIG", DEFAULT_CONFIG))
+    return parse(read_yaml(path), path.resolve().parent, env)

@@ -1,0 +1,223 @@
+"""Postgres: the embedded server, the one asyncpg pool, the schema and the named queries.
+
+`database.url: embedded` starts pgserver (Postgres 16 with pgvector) under the state dir; a
+`postgresql://` URL uses that server. The password never sits in the URL in the config: it comes
+from `database.password_file`, `$CREDENTIALS_DIRECTORY/db_password`, or libpq's own
+`PGPASSWORD` / `.pgpass`, all of which asyncpg reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import warnings
+from contextlib import AbstractAsyncContextManager
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+from daemon.config import DatabaseSettings, Settings
+from daemon.errors import ConfigError, DependencyError
+from daemon.logs import add_secret, get_logger
+from daemon.retry import describe, is_transient
+
+log = get_logger("dropzone.database")
+SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
+EMBEDDED_DB = "dropzone"
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
+
+
+@cache
+def load_queries() -> dict[str, str]:
+    """Named queries from `sql/queries.sql` (`-- name: x` starts a query)."""
+    text = resources.files("daemon.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _NAME.split(text)[1:]
+    return {name: body.strip().rstrip(";") for name, body in zip(parts[::2], parts[1::2],
+                                                                  strict=True)}
+
+
+def sql(name: str) -> str:
+    return load_queries()[name]
+
+
+def schema_sql(embedding_type: str) -> str:
+    text = resources.files("daemon.sql").joinpath("schema.sql").read_text(encoding="utf-8")
+    return text.replace("{embedding_type}", embedding_type)
+
+
+def _prune_dead_handles(pgdata: Path) -> None:
+    """pgserver counts users in a pid list and never forgets a killed one; forget them here."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _pid_alive(int(pid))]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_embedded(state_dir: Path) -> str:
+    """Start (or join) the embedded server; returns its URI. Blocking: run it in a thread."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = state_dir / "pg"
+    _prune_dead_handles(pgdata)
+    with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set": its fallback is fine
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        from pgserver.postgres_server import get_server  # only the embedded default needs it
+
+        server = get_server(pgdata, cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+async def _ensure_database(admin_uri: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.DuplicateDatabaseError:
+        pass
+    finally:
+        await conn.close()
+
+
+def with_database(uri: str, name: str) -> str:
+    """Swap the database in a pgserver URI (`postgresql://postgres:@/postgres?host=...`)."""
+    head, _, tail = uri.partition("?")
+    return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{tail}" if tail else "")
+
+
+def read_password(settings: DatabaseSettings) -> str | None:
+    """The database password from a file, if one is configured or handed over by systemd."""
+    path = settings.password_file
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and creds and (Path(creds) / "db_password").is_file():
+        path = Path(creds) / "db_password"
+    if path is None:
+        return None
+    password = path.read_text(encoding="utf-8").strip()
+    add_secret(password)
+    return password
+
+
+class Database(AbstractAsyncContextManager["Database"]):
+    """The asyncpg pool, opened once with the schema in place."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self.vector = False
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not open")
+        return self._pool
+
+    async def __aenter__(self) -> Database:
+        uri = await self._uri()
+        password = read_password(self.settings.database)
+        try:
+            await self._prepare(uri, password)
+            self._pool = await self._create_pool(uri, password)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise DependencyError(f"postgres: {describe(exc)}") from exc
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _uri(self) -> str:
+        url = self.settings.database.url
+        if url != "embedded":
+            return url
+        try:
+            admin = await asyncio.to_thread(start_embedded, self.settings.state_dir)
+            await _ensure_database(admin, EMBEDDED_DB)
+        except Exception as exc:
+            raise DependencyError(f"embedded postgres: {describe(exc)}") from exc
+        return with_database(admin, EMBEDDED_DB)
+
+    async def _prepare(self, uri: str, password: str | None) -> None:
+        """Create or check the schema on one connection, under an advisory lock."""
+        conn = await asyncpg.connect(uri, password=password,
+                                     timeout=self.settings.database.connect_timeout_s)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+            self.vector = await _embedding_type(conn, self.settings.embedding.dim)
+            kind = f"vector({self.settings.embedding.dim})" if self.vector else "real[]"
+            await conn.execute(schema_sql(kind))
+        finally:
+            await conn.close()
+
+    async def _create_pool(self, uri: str, password: str | None) -> asyncpg.Pool:
+        db = self.settings.database
+        return await asyncpg.create_pool(
+            uri, password=password, min_size=db.pool_min, max_size=db.pool_max,
+            timeout=db.connect_timeout_s, init=self._init_connection,
+            max_inactive_connection_lifetime=300,
+        )
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        if self.vector:
+            from pgvector.asyncpg import register_vector
+
+            await register_vector(conn)
+
+
+async def _column_type(conn: asyncpg.Connection) -> str | None:
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass('document_embeddings') AND attname = 'embedding'")
+
+
+async def _embedding_type(conn: asyncpg.Connection, dim: int) -> bool:
+    """True for pgvector. An existing table decides; else pgvector when it can be installed."""
+    existing = await _column_type(conn)
+    if existing is None:
+        return await _try_vector_extension(conn)
+    if existing.startswith("vector") and existing != f"vector({dim})":
+        raise ConfigError([f"embedding.dim: {dim}, but the database stores {existing}; "
+                           "keep the dim or use a new database"])
+    return existing.startswith("vector")
+
+
+async def _try_vector_extension(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except asyncpg.PostgresError as exc:
+        if is_transient(exc):
+            raise
+        log.info("pgvector_unavailable", reason=describe(exc), fallback="real[]")
+        return False
+    return True
+
+
+async def server_facts(pool: asyncpg.Pool) -> dict[str, Any]:
+    """What `check` reports: server version, pgvector presence, schema version."""
+    async with pool.acquire() as conn:
+        return {
+            "version": await conn.fetchval("SHOW server_version"),
+            "pgvector": await conn.fetchval(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"),
+            "schema": await conn.fetchval("SELECT max(version) FROM dz_schema"),
+        }

@@ -1,0 +1,33 @@
+"""Embedders: text in, unit-length vectors out, behind one small interface.
+
+`embed` is CPU work; callers run it off the event loop. Every embedder has a `name` that goes
+into each embedding row, so vectors of two models are never mixed in one search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.config import EmbeddingSettings
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One row per text, shape (len(texts), dim), float32, L2-normalised."""
+        ...
+
+
+def create(settings: EmbeddingSettings) -> Embedder:
+    """The embedder the config names."""
+    from daemon.embedders.hashing import HashingEmbedder
+
+    return HashingEmbedder(settings.dim)

@@ -1,0 +1,44 @@
+"""The one exception tree.
+
+Driver errors (botocore, asyncpg, MLflow, OSError) are translated into these at the boundary
+(`daemon.retry.classify`), so the pipeline only ever decides between "try again later" and
+"this file cannot be processed".
+"""
+
+from __future__ import annotations
+
+
+class DaemonError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class ConfigError(DaemonError):
+    """The configuration is unusable; each problem is `key.path: reason`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class TransientError(DaemonError):
+    """Worth retrying: a dependency was unreachable, throttled or busy."""
+
+
+class PermanentError(DaemonError):
+    """Retrying cannot help: bad input, missing permission, missing bucket."""
+
+
+class DependencyError(DaemonError):
+    """A dependency could not be reached or set up at start (exit code 3)."""
+
+
+class LeaseLost(DaemonError):
+    """Another worker took over this file's claim; stop touching it."""
+
+
+class FileVanished(DaemonError):
+    """The source file was deleted (`vanished`) or changed (`superseded`) under the daemon."""
+
+    def __init__(self, message: str, outcome: str = "vanished") -> None:
+        super().__init__(message)
+        self.outcome = outcome

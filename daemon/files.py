@@ -1,0 +1,83 @@
+"""Careful file handling for sources in the zones: versions, safe opens, moves that lose nothing.
+
+A file version is (size, mtime_ns). Sources are opened without following symlinks and without
+blocking on FIFOs, and every read checks the version it was asked for, so a file that changes
+or is replaced underneath the daemon is noticed instead of half-processed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from daemon.errors import FileVanished
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def version_of(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
+def check_version(st: os.stat_result, expected: tuple[int, int]) -> None:
+    """Raise FileVanished unless `st` is a regular file of the expected version."""
+    if not stat.S_ISREG(st.st_mode):
+        raise FileVanished("no longer a regular file", outcome="superseded")
+    if version_of(st) != expected:
+        raise FileVanished("changed since it was found", outcome="superseded")
+
+
+@contextmanager
+def open_version(path: Path, expected: tuple[int, int]) -> Iterator[BinaryIO]:
+    """Open a source for reading if, and only if, it is still the expected regular file."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise FileVanished("deleted before it was read", outcome="vanished") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        check_version(os.fstat(fd), expected)
+        yield handle
+        check_version(os.fstat(fd), expected)
+
+
+def is_version(path: Path, expected: tuple[int, int]) -> bool:
+    """True if `path` is still that regular file (not a link, not changed)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and version_of(st) == expected
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or `name.1.ext`, `name.2.ext`... : the first that does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+    return candidate
+
+
+def move(source: Path, target: Path) -> Path:
+    """Move a file to a free name at `target`, creating folders; returns where it went."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    final = free_path(target)
+    shutil.move(source, final)
+    return final
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON beside others atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, ensure_ascii=False, default=str)
+        out.write("\n")
+    Path(tmp).replace(path)

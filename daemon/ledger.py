@@ -1,0 +1,175 @@
+"""The ledger: one Postgres row per file version, the single source of truth for progress.
+
+Claims are `FOR UPDATE SKIP LOCKED` with expiring leases, so any number of daemons share the
+work and a dead holder's files are taken over once its lease runs out. Every write checks the
+claim (`claimed_by = me`): a worker that lost its lease cannot overwrite a newer holder's work.
+The SQL lives in `sql/queries.sql`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from daemon.database import sql
+from daemon.errors import LeaseLost
+from daemon.sessions import Sessions
+
+WORK_STAGES = ("hash", "upload", "store", "finish")
+
+
+@dataclass
+class FileRow:
+    """One file version as the ledger knows it."""
+
+    id: int
+    zone: str
+    rel_path: str
+    size_bytes: int
+    mtime_ns: int
+    stage: str = "hash"
+    outcome: str | None = None
+    sha256: str | None = None
+    object_key: str | None = None
+    etag: str | None = None
+    document_id: int | None = None
+    chunks: int | None = None
+    batch_id: uuid.UUID | None = None
+    mlflow_run_id: str | None = None
+    reported: bool = False
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    attempts: int = 0
+    last_error: str | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> FileRow:
+        values = {f.name: record[f.name] for f in fields(cls)}
+        values["stage_ms"] = json.loads(values["stage_ms"] or "{}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file the watcher found ready: its path relative to the zone and its version."""
+
+    rel_path: str
+    size_bytes: int
+    mtime_ns: int
+
+
+class Ledger:
+    """Claims and state transitions for the files of this daemon's zones."""
+
+    def __init__(self, sessions: Sessions, zones: Sequence[str], owner: str,
+                 lease_s: float) -> None:
+        self.sessions = sessions
+        self.zones = list(zones)
+        self.owner = owner
+        self.lease_s = lease_s
+        self.wakeup = asyncio.Event()
+
+    async def discover(self, zone: str, entries: Sequence[Entry]) -> int:
+        """Record ready file versions; returns how many were new."""
+        if not entries:
+            return 0
+        rows = await self.sessions.query(
+            sql("discover"), zone, [e.rel_path for e in entries],
+            [e.size_bytes for e in entries], [e.mtime_ns for e in entries])
+        if rows:
+            self.wakeup.set()
+        return len(rows)
+
+    async def claim(self, limit: int) -> list[FileRow]:
+        rows = await self.sessions.query(sql("claim"), self.owner, self.lease_s, self.zones,
+                                         limit)
+        return [FileRow.from_record(r) for r in rows]
+
+    async def advance(self, row: FileRow, stage: str, conn: asyncpg.Connection | None = None,
+                      **outputs: Any) -> None:
+        """Record a stage's outputs and move the file on to `stage`; raise LeaseLost if taken."""
+        stage_ms = outputs.pop("stage_ms", {})
+        args = (row.id, self.owner, stage, outputs.get("outcome"), outputs.get("sha256"),
+                outputs.get("object_key"), outputs.get("etag"), outputs.get("document_id"),
+                outputs.get("chunks"), json.dumps(stage_ms), self.lease_s)
+        query = sql("advance")
+        done = await (conn.fetchval(query, *args) if conn is not None
+                      else self.sessions.fetchval(query, *args))
+        if done is None:
+            raise LeaseLost(f"file {row.id} was claimed by another worker")
+        _apply(row, stage=stage, stage_ms={**row.stage_ms, **stage_ms}, **outputs)
+        if stage in WORK_STAGES:
+            self.wakeup.set()
+
+    async def retry_later(self, row: FileRow, error: str, delay_s: float) -> None:
+        attempts = await self.sessions.fetchval(sql("retry_later"), row.id, self.owner, error,
+                                                delay_s)
+        if attempts is None:
+            raise LeaseLost(f"file {row.id} was claimed by another worker")
+        row.attempts, row.last_error = attempts, error
+
+    async def quarantine(self, row: FileRow, error: str) -> None:
+        if await self.sessions.fetchval(sql("quarantine"), row.id, self.owner, error) is None:
+            raise LeaseLost(f"file {row.id} was claimed by another worker")
+        _apply(row, stage="quarantined", outcome="quarantined", last_error=error)
+
+    async def release(self, ids: Iterable[int]) -> None:
+        await self.sessions.execute(sql("release"), self.owner, list(ids))
+
+    async def release_all(self) -> None:
+        await self.sessions.execute(sql("release_owner"), self.owner)
+
+    async def heartbeat(self) -> None:
+        await self.sessions.execute(sql("heartbeat"), self.owner, self.lease_s)
+
+    async def own_content(self, row: FileRow, sha256: str) -> str | None:
+        """None when this version now owns its content; else the owner's path (a duplicate)."""
+        if await self.sessions.fetchval(sql("own_content"), row.zone, sha256, row.id):
+            return None
+        owner = await self.sessions.query(sql("content_owner"), row.zone, sha256)
+        return str(owner[0]["rel_path"]) if owner else "?"
+
+    async def track_window(self) -> tuple[int, float]:
+        """How many files wait for an MLflow record, and how long the oldest has waited."""
+        row = (await self.sessions.query(sql("track_window"), self.zones))[0]
+        return int(row["files"]), float(row["oldest_s"])
+
+    async def claim_batch(self, limit: int) -> list[FileRow]:
+        """A batch to record: first one whose tracker died, else up to `limit` new files."""
+        rows = await self.sessions.query(sql("claim_orphan_batch"), self.owner, self.lease_s,
+                                         self.zones)
+        if not rows:
+            rows = await self.sessions.query(sql("claim_new_batch"), self.owner, self.lease_s,
+                                             self.zones, uuid.uuid4(), limit)
+        return sorted((FileRow.from_record(r) for r in rows), key=lambda r: r.id)
+
+    async def tracked(self, ids: Sequence[int], run_id: str | None) -> None:
+        await self.sessions.execute(sql("tracked"), self.owner, list(ids), run_id)
+        self.wakeup.set()
+
+    async def unfinished(self, horizon: int) -> int:
+        return int(await self.sessions.fetchval(sql("unfinished"), self.zones, horizon))
+
+    async def untracked(self) -> int:
+        return int(await self.sessions.fetchval(sql("untracked"), self.zones))
+
+    async def horizon(self) -> int:
+        return int(await self.sessions.fetchval(sql("horizon")))
+
+
+def _apply(row: FileRow, **values: Any) -> None:
+    for name, value in values.items():
+        if value is not None:
+            setattr(row, name, value)
+
+
+def state_of(stage: str, outcome: str) -> str:
+    """The state `status` shows: the next stage while in flight, the outcome once done."""
+    return outcome if stage == "done" and outcome else stage

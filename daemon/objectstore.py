@@ -1,0 +1,224 @@
+"""Object storage: `s3://bucket/prefix` and a local folder behind one small interface.
+
+Keys are built here, and only here, from sanitised parts (`object_key`), so whatever a file is
+called, its object stays under the configured prefix. Retries live in `sessions`; the S3
+client's own retries are off (one attempt per call) so the two layers never multiply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mimetypes
+import os
+import re
+import tempfile
+import unicodedata
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from daemon.config import StorageSettings
+from daemon.errors import PermanentError
+
+MAX_NAME_BYTES = 200
+_UNSAFE_RUN = re.compile(r"_+")
+
+
+@dataclass(frozen=True)
+class PutResult:
+    url: str
+    etag: str | None
+
+
+class ObjectStore(Protocol):
+    """What every store offers; keys are relative to the store's root or prefix."""
+
+    def url(self, key: str) -> str: ...
+    def full_key(self, key: str) -> str: ...
+    async def put_file(self, key: str, path: Path) -> PutResult: ...
+    async def put_bytes(self, key: str, data: bytes) -> PutResult: ...
+    async def get(self, key: str) -> bytes: ...
+    async def delete(self, key: str) -> None: ...
+    async def list_keys(self, prefix: str = "") -> list[str]: ...
+
+
+def _safe_char(ch: str) -> str:
+    return ch if ch.isalnum() or ch in "._-" else "_"
+
+
+def _truncate(name: str, limit: int) -> str:
+    """Cut to `limit` UTF-8 bytes, keeping the extension."""
+    stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
+    ext = ext[:16]
+    room = limit - len((dot + ext).encode())
+    return stem.encode()[:room].decode("utf-8", "ignore") + dot + ext
+
+
+def sanitize_name(name: str) -> str:
+    """A file name safe inside an object key: no separators, controls or leading dots."""
+    name = unicodedata.normalize("NFC", name)
+    clean = "".join(_safe_char(ch) for ch in name)
+    clean = _UNSAFE_RUN.sub("_", clean).lstrip("._") or "file"
+    return _truncate(clean, MAX_NAME_BYTES)
+
+
+def extension(name: str) -> str:
+    suffix = PurePosixPath(sanitize_name(name)).suffix
+    return suffix[1:].lower()
+
+
+def object_key(template: str, *, doc_type: str, sha256: str, name: str, zone: str) -> str:
+    """The deterministic key of one content; the template is validated by config."""
+    safe = sanitize_name(name)
+    key = template.format(doc_type=sanitize_name(doc_type), sha256=sha256, name=safe,
+                          zone=sanitize_name(zone), ext=extension(name))
+    parts = [p for p in key.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts)
+
+
+def content_type(name: str) -> str:
+    return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+
+
+class FileStore:
+    """Objects as files under a root folder (the embedded default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = Path(os.path.normpath(self.root / key))
+        if not path.is_relative_to(self.root):
+            raise PermanentError(f"object key escapes the store: {key!r}")
+        return path
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def full_key(self, key: str) -> str:
+        return key
+
+    async def put_file(self, key: str, path: Path) -> PutResult:
+        return await asyncio.to_thread(self._copy, key, path)
+
+    def _copy(self, key: str, path: Path) -> PutResult:
+        with open(path, "rb") as src:
+            return self._write(key, iter(lambda: src.read(1 << 20), b""))
+
+    async def put_bytes(self, key: str, data: bytes) -> PutResult:
+        return await asyncio.to_thread(self._write, key, iter([data]))
+
+    def _write(self, key: str, blocks: Any) -> PutResult:
+        """Write to a temp file beside the target, fsync, then rename: never a partial object."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.md5(usedforsecurity=False)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for block in blocks:
+                    out.write(block)
+                    digest.update(block)
+                out.flush()
+                os.fsync(out.fileno())
+            Path(tmp).replace(target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return PutResult(self.url(key), digest.hexdigest())
+
+    async def get(self, key: str) -> bytes:
+        return await asyncio.to_thread(self._path(key).read_bytes)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, True)
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        return await asyncio.to_thread(self._list, prefix)
+
+    def _list(self, prefix: str) -> list[str]:
+        if not self.root.exists():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys
+                      if k.startswith(prefix) and not PurePosixPath(k).name.startswith(".put-"))
+
+
+class S3Store:
+    """Objects in a bucket under a prefix, through one aioboto3 client."""
+
+    def __init__(self, client: Any, settings: StorageSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.full_key(key)}"
+
+    def _extra(self, key: str) -> dict[str, str]:
+        extra = {"ContentType": content_type(key)}
+        if self.settings.sse != "none":
+            extra["ServerSideEncryption"] = self.settings.sse
+        if self.settings.sse == "aws:kms" and self.settings.kms_key_id:
+            extra["SSEKMSKeyId"] = self.settings.kms_key_id
+        return extra
+
+    async def put_file(self, key: str, path: Path) -> PutResult:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size >= self.settings.multipart_threshold:
+            return await self._put_multipart(key, path)
+        return await self.put_bytes(key, await asyncio.to_thread(path.read_bytes))
+
+    async def _put_multipart(self, key: str, path: Path) -> PutResult:
+        """Stream a large file in parts; memory stays near (queue + concurrency) x part size."""
+        from boto3.s3.transfer import TransferConfig
+
+        part = 16 * 1024**2
+        config = TransferConfig(multipart_threshold=int(self.settings.multipart_threshold),
+                                multipart_chunksize=part, max_concurrency=4, max_io_queue=2)
+        await self.client.upload_file(str(path), self.bucket, self.full_key(key),
+                                      ExtraArgs=self._extra(key), Config=config)
+        head = await self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        return PutResult(self.url(key), str(head.get("ETag", "")).strip('"') or None)
+
+    async def put_bytes(self, key: str, data: bytes) -> PutResult:
+        response = await self.client.put_object(Bucket=self.bucket, Key=self.full_key(key),
+                                                Body=data, **self._extra(key))
+        return PutResult(self.url(key), str(response.get("ETag", "")).strip('"') or None)
+
+    async def get(self, key: str) -> bytes:
+        response = await self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+        async with response["Body"] as body:
+            return bytes(await body.read())
+
+    async def delete(self, key: str) -> None:
+        await self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        strip = len(self.full_key(""))
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+            keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
+        return keys
+
+
+async def open_store(settings: StorageSettings, stack: AsyncExitStack) -> ObjectStore:
+    """The configured store; an S3 client lives as long as `stack`."""
+    if not settings.is_s3:
+        return FileStore(Path(settings.url))
+    import aioboto3
+    from aiobotocore.config import AioConfig
+
+    config = AioConfig(max_pool_connections=settings.max_connections, connect_timeout=5,
+                       read_timeout=60, retries={"total_max_attempts": 1, "mode": "standard"})
+    session = aioboto3.Session(region_name=settings.region)
+    client = await stack.enter_async_context(
+        session.client("s3", endpoint_url=settings.endpoint_url, config=config))
+    return S3Store(client, settings)

@@ -1,0 +1,123 @@
+"""Pipeline: runs the stages for a claimed file, and the track stage for a claimed batch.
+
+A file resumes at the first stage its ledger row has not finished. Errors end here: transient
+ones schedule another attempt with backoff until the budget is spent, everything else (and a
+spent budget) quarantines the file. One canonical `file_processed` line is logged per file.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from daemon.errors import DaemonError, FileVanished, LeaseLost, TransientError
+from daemon.ledger import FileRow
+from daemon.logs import get_logger
+from daemon.retry import describe, translate
+from daemon.stages import Env, Job, Stage, embed, extract, finish, store, track, upload
+from daemon.stages import hash as hash_stage
+
+log = get_logger("dropzone.pipeline")
+
+PLAN: dict[str, tuple[Stage, ...]] = {
+    "hash": (hash_stage.run,),
+    "upload": (upload.run,),
+    "store": (extract.run, embed.run, store.run),
+    "finish": (finish.run,),
+}
+TERMINAL = ("done", "quarantined")
+
+
+async def process(row: FileRow, env: Env) -> None:
+    """Take one claimed file as far as it can go now (to `track`, done, retry or quarantine)."""
+    job = Job(row, env.settings.zone(row.zone))
+    try:
+        await _run_stages(job, env)
+    except LeaseLost as exc:
+        log.warning("lease_lost", zone=row.zone, path=row.rel_path, error=str(exc))
+        return
+    except Exception as exc:
+        await _failed(job, env, exc)
+    if job.row.stage in TERMINAL:
+        report(job, env)
+
+
+async def _run_stages(job: Job, env: Env) -> None:
+    while job.row.stage in PLAN:
+        stage = job.row.stage
+        for step in PLAN[stage]:
+            await step(job, env)
+        if job.row.stage == stage:
+            raise RuntimeError(f"stage {stage} did not record its result")
+
+
+def _vanished(exc: BaseException) -> FileVanished | None:
+    """The FileVanished (or a FileNotFoundError reading the source) behind an error, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FileVanished):
+            return seen
+        if isinstance(seen, FileNotFoundError):
+            return FileVanished("deleted while being processed")
+        seen = seen.__cause__
+    return None
+
+
+def backoff_s(attempts: int, env: Env) -> float:
+    """Exponential backoff with jitter, capped: 2 s, 4 s, 8 s ... up to retry_max_s."""
+    pipeline = env.settings.pipeline
+    ceiling = min(pipeline.retry_max_s, pipeline.retry_base_s * 2.0 ** attempts)
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+async def _failed(job: Job, env: Env, exc: Exception) -> None:
+    gone = _vanished(exc)
+    if gone is not None:
+        await env.ledger.advance(job.row, "done", outcome=gone.outcome)
+        job.metadata["reason"] = str(gone)
+        return
+    if not isinstance(exc, DaemonError):
+        log.error("stage_crashed", zone=job.row.zone, path=job.row.rel_path,
+                  stage=job.row.stage, exc_info=exc)
+    error = translate(exc, job.row.stage)
+    budget_left = job.row.attempts + 1 < env.settings.pipeline.max_attempts
+    if isinstance(error, TransientError) and budget_left:
+        delay = backoff_s(job.row.attempts, env)
+        await env.ledger.retry_later(job.row, describe(error), delay)
+        log.warning("file_retry", zone=job.row.zone, path=job.row.rel_path, stage=job.row.stage,
+                    attempts=job.row.attempts, retry_in_s=round(delay, 1), error=str(error))
+        return
+    await finish.quarantine(job, env, str(error))
+
+
+def report(job: Job, env: Env) -> None:
+    """The one canonical line for a file that has reached its end."""
+    row = job.row
+    outcome = row.outcome or row.stage
+    env.counts[outcome] += 1
+    fields: dict[str, Any] = {
+        "zone": row.zone, "path": row.rel_path, "outcome": outcome, "sha256": row.sha256,
+        "object_key": row.object_key, "bytes": row.size_bytes, "chunks": row.chunks,
+        "stage_ms": row.stage_ms, "attempts": row.attempts, "mlflow_run_id": row.mlflow_run_id,
+    }
+    fields.update({k: v for k, v in job.metadata.items()
+                   if k in ("duplicate_of", "moved_to", "quarantined_to", "reason") and v})
+    if outcome == "quarantined":
+        log.error("file_processed", error=row.last_error, **fields)
+    else:
+        log.info("file_processed", **fields)
+
+
+async def track_pending(env: Env, limit: int) -> int:
+    """Record one batch of stored (or failed) files in MLflow; returns how many."""
+    rows = await env.ledger.claim_batch(limit)
+    if not rows:
+        return 0
+    try:
+        await track.run_batch(rows, env)
+    except BaseException:
+        await env.ledger.release(r.id for r in rows)
+        raise
+    log.info("batch_tracked", files=len(rows), batch_id=str(rows[0].batch_id),
+             per_file=env.settings.mlflow.run_per_file)
+    return len(rows)

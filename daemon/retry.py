@@ -1,0 +1,164 @@
+"""Retry policies, and the one place that decides whether an error is worth retrying.
+
+Driver errors are classified here (`classify`), then translated into `TransientError` or
+`PermanentError` (`translate`) so nothing above `sessions` ever sees a botocore or asyncpg
+exception. Only transient errors are retried, with full jitter, a bounded number of attempts
+and a deadline; the SDKs' own retries are switched off where we set them up, so layers never
+multiply.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+from botocore import exceptions as boto
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from daemon.errors import DaemonError, PermanentError, TransientError
+from daemon.logs import get_logger
+
+T = TypeVar("T")
+log = get_logger("dropzone.retry")
+
+TRANSIENT_S3_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "SlowDown",
+    "RequestLimitExceeded", "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
+    "InternalError", "ServiceUnavailable", "Unavailable", "BadGateway", "GatewayTimeout",
+    "OperationAborted", "PriorRequestNotComplete", "500", "502", "503", "504",
+})
+# connection exception, transaction rollback (serialization, deadlock), insufficient resources
+# (too many connections), operator intervention (shutdown, cancel), system error
+TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EAGAIN, errno.EIO})
+TRANSIENT_MLFLOW_CODES = frozenset({
+    "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED", "ABORTED",
+})
+_TRANSIENT_BOTO = (boto.HTTPClientError, boto.ConnectionError, boto.ReadTimeoutError,
+                   boto.ConnectTimeoutError, boto.EndpointConnectionError)
+
+
+def _s3_is_transient(exc: boto.ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return error.get("Code") in TRANSIENT_S3_CODES or status >= 500 or status == 429
+
+
+def _mlflow_is_transient(exc: BaseException) -> bool:
+    code = str(getattr(exc, "error_code", ""))
+    return code in TRANSIENT_MLFLOW_CODES or "Max retries exceeded" in str(exc)
+
+
+def _foreign_is_transient(exc: BaseException) -> bool:
+    """Errors from libraries we do not import here (requests, aiohttp, sqlalchemy, MLflow)."""
+    module, name = type(exc).__module__, type(exc).__name__
+    if module.startswith("mlflow"):
+        return _mlflow_is_transient(exc)
+    if module.startswith(("requests", "urllib3", "aiohttp")):
+        return any(word in name for word in ("Connection", "Timeout", "ClientOSError",
+                                             "ServerDisconnected", "ChunkedEncoding"))
+    return module.startswith("sqlalchemy") and name == "OperationalError"
+
+
+def _sqlstate_is_transient(exc: BaseException) -> bool:
+    return str(getattr(exc, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATE_CLASSES)
+
+
+def _interface_is_transient(exc: BaseException) -> bool:
+    """asyncpg's client-side errors: only a dropped connection is worth another try."""
+    return "connection" in str(exc).lower() or "closed" in str(exc).lower()
+
+
+def _os_is_transient(exc: BaseException) -> bool:
+    """Disk full or read-only: an operator can fix it; requests' errors are OSErrors too."""
+    return getattr(exc, "errno", None) in TRANSIENT_ERRNOS or _foreign_is_transient(exc)
+
+
+_RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
+                    Callable[[Any], bool]], ...] = (
+    (DaemonError, lambda exc: isinstance(exc, TransientError)),
+    (boto.ClientError, _s3_is_transient),
+    (asyncpg.exceptions.InterfaceError, _interface_is_transient),
+    (asyncpg.PostgresError, _sqlstate_is_transient),
+    ((*_TRANSIENT_BOTO, TimeoutError, ConnectionError), lambda exc: True),
+    (OSError, _os_is_transient),
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when trying the same thing again later may succeed."""
+    for kinds, rule in _RULES:
+        if isinstance(exc, kinds):
+            return rule(exc)
+    return _foreign_is_transient(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming what went wrong, for ledgers, logs and `.error.json` files."""
+    if isinstance(exc, boto.ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".strip(": ")
+    if isinstance(exc, DaemonError):
+        return str(exc)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:1000]
+
+
+def translate(exc: BaseException, what: str) -> DaemonError:
+    """Wrap a driver error into our tree, naming the operation that failed."""
+    if isinstance(exc, DaemonError):
+        return exc
+    kind = TransientError if is_transient(exc) else PermanentError
+    return kind(f"{what}: {describe(exc)}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one call to the outside tries before giving up (full jitter backoff)."""
+
+    attempts: int = 4
+    deadline_s: float = 30.0
+    base_s: float = 0.2
+    max_s: float = 5.0
+
+    def retrying(self, what: str) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline_s),
+            wait=wait_random_exponential(multiplier=self.base_s, max=self.max_s),
+            retry=retry_if_exception(is_transient),
+            before_sleep=_log_retry(what),
+            reraise=True,
+        )
+
+    async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                   **kwargs: Any) -> T:
+        """Run `fn` under this policy; on final failure raise a translated DaemonError."""
+        try:
+            async for attempt in self.retrying(what):
+                with attempt:
+                    return await fn(*args, **kwargs)
+        except Exception as exc:
+            raise translate(exc, what) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("retrying", what=what, attempt=state.attempt_number,
+                    sleep_s=round(state.upcoming_sleep, 3), error=describe(exc) if exc else None)
+    return before_sleep
+
+
+NO_RETRY = RetryPolicy(attempts=1, deadline_s=0.0)

@@ -1,0 +1,181 @@
+"""Sessions: the one pool of external clients, opened once and closed once.
+
+This is the original guide's UnifiedSessionManager done right for asyncio: entered with
+`async with Sessions(settings) as s`, it owns the object store client, the Postgres pool and
+the MLflow client with its thread for the life of the process. Every call to the outside goes
+through the retry policy here; stages never build clients of their own. Other programs may use
+it too (see README, "Sessions API").
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from daemon.config import Settings
+from daemon.database import Database, server_facts
+from daemon.objectstore import ObjectStore, PutResult, open_store
+from daemon.retry import RetryPolicy
+from daemon.tracking import Tracking
+
+T = TypeVar("T")
+EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
+                     "embedding", "model")
+Connection: TypeAlias = asyncpg.Connection
+
+
+class Sessions:
+    """Object store, Postgres and MLflow behind one async context manager."""
+
+    def __init__(self, settings: Settings, policy: RetryPolicy | None = None,
+                 mlflow_policy: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.policy = policy or RetryPolicy()
+        self.mlflow_policy = mlflow_policy or self.policy
+        self._stack = AsyncExitStack()
+        self.db = Database(settings)
+        self.tracking = Tracking(settings.mlflow, settings.state_dir)
+        self._store: ObjectStore | None = None
+
+    async def __aenter__(self) -> Sessions:
+        try:
+            self.tracking.start()
+            self._stack.callback(self.tracking.close)
+            await self._stack.enter_async_context(self.db)
+            self._store = await open_store(self.settings.storage, self._stack)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._stack.aclose()
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            raise RuntimeError("sessions are not open")
+        return self._store
+
+    # -- objects ------------------------------------------------------------------------------
+
+    async def put_file(self, key: str, path: Path) -> PutResult:
+        """Upload a file (multipart when large) to `key` under the configured prefix."""
+        return await self.policy.call(f"put {key}", self.store.put_file, key, path)
+
+    async def put_object(self, key: str, data: bytes) -> PutResult:
+        return await self.policy.call(f"put {key}", self.store.put_bytes, key, data)
+
+    async def get_object(self, key: str) -> bytes:
+        return await self.policy.call(f"get {key}", self.store.get, key)
+
+    async def delete_object(self, key: str) -> None:
+        await self.policy.call(f"delete {key}", self.store.delete, key)
+
+    async def list_objects(self, prefix: str = "") -> list[str]:
+        return await self.policy.call(f"list {prefix}", self.store.list_keys, prefix)
+
+    def object_url(self, key: str) -> str:
+        return self.store.url(key)
+
+    # -- postgres -----------------------------------------------------------------------------
+
+    async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Rows of a parameterised query ($1, $2, ...), retried on transient errors."""
+        return await self.policy.call("postgres", self.db.pool.fetch, sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.policy.call("postgres", self.db.pool.fetchval, sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return await self.policy.call("postgres", self.db.pool.execute, sql, *args)
+
+    async def transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run `fn(conn)` in one transaction; the whole unit is retried on transient errors."""
+        return await self.policy.call("postgres", self._in_transaction, fn)
+
+    async def _in_transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        async with self.db.pool.acquire() as conn, conn.transaction():
+            return await fn(conn)
+
+    async def bulk_insert_embeddings(
+        self, rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]],
+        conn: Connection | None = None,
+    ) -> int:
+        """COPY rows of EMBEDDING_COLUMNS into document_embeddings (binary, pgvector codec)."""
+        if conn is not None:
+            return await copy_embeddings(conn, rows)
+        return await self.transaction(lambda c: copy_embeddings(c, rows))
+
+    # -- mlflow -------------------------------------------------------------------------------
+
+    async def mlflow(self, fn: Callable[[Any, str], T], what: str = "mlflow") -> T:
+        """Run `fn(client, experiment_id)` in the MLflow thread, with retries."""
+        return await self.mlflow_policy.call(what, self.tracking.call, fn)
+
+    async def log_mlflow_run(self, params: Mapping[str, Any], metrics: Mapping[str, float],
+                             tags: Mapping[str, str] | None = None) -> str:
+        """One finished run with these params, metrics and tags; returns its id."""
+        return await self.mlflow(lambda c, exp: _log_run(c, exp, params, metrics, tags or {}))
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def probe_store(self) -> str:
+        return await probe_store(self.store, self.policy)
+
+    async def probe_database(self) -> dict[str, Any]:
+        return await self.policy.call("postgres", server_facts, self.db.pool)
+
+    async def probe_mlflow(self) -> str:
+        return await probe_mlflow(self.tracking, self.mlflow_policy)
+
+
+async def probe_store(store: ObjectStore, policy: RetryPolicy) -> str:
+    """Write, read back and delete a probe object, with the configured encryption."""
+    key = f".dropzone-check/{uuid.uuid4().hex}"
+    payload = uuid.uuid4().bytes
+    put = await policy.call("probe put", store.put_bytes, key, payload)
+    try:
+        if await policy.call("probe get", store.get, key) != payload:
+            raise RuntimeError("the probe object read back differently")
+    finally:
+        await policy.call("probe delete", store.delete, key)
+    return put.url
+
+
+def _tag_experiment(client: Any, experiment_id: str) -> str:
+    client.set_experiment_tag(experiment_id, "dropzone.check", str(int(time.time())))
+    return experiment_id
+
+
+async def probe_mlflow(tracking: Tracking, policy: RetryPolicy) -> str:
+    """Write a tag on the experiment: proves the store and the experiment are writable."""
+    return await policy.call("mlflow check", tracking.call, _tag_experiment)
+
+
+async def copy_embeddings(conn: Connection,
+                          rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]) -> int:
+    result = await conn.copy_records_to_table("document_embeddings", records=rows,
+                                              columns=EMBEDDING_COLUMNS)
+    return int(str(result).rsplit(" ", 1)[-1] or 0)
+
+
+def _log_run(client: Any, experiment_id: str, params: Mapping[str, Any],
+             metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(experiment_id, tags=dict(tags))
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id,
+                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, str(v)) for k, v in params.items()])
+    client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)

@@ -1,0 +1,83 @@
+-- dropzone schema, version 1. Created by the daemon at start, under an advisory lock, so any number
+-- of daemons may start at once. {embedding_type} is `vector(<dim>)` with pgvector, else `real[]`.
+
+CREATE TABLE IF NOT EXISTS dz_schema (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The contract other programs read (see README "Database").
+CREATE TABLE IF NOT EXISTS documents (
+    id             bigserial PRIMARY KEY,
+    zone           text        NOT NULL,
+    doc_type       text        NOT NULL,
+    source_path    text        NOT NULL,
+    object_url     text        NOT NULL,
+    sha256         text        NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    size_bytes     bigint      NOT NULL,
+    content_type   text,
+    metadata       jsonb       NOT NULL DEFAULT '{}',
+    mlflow_run_id  text,
+    created_date   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (zone, sha256)
+);
+
+CREATE TABLE IF NOT EXISTS document_embeddings (
+    id            bigserial PRIMARY KEY,
+    document_id   bigint      NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+    chunk_index   integer     NOT NULL,
+    s3_key        text        NOT NULL,
+    doc_type      text        NOT NULL,
+    content       text        NOT NULL,
+    char_start    bigint      NOT NULL,
+    embedding     {embedding_type} NOT NULL,
+    model         text        NOT NULL,
+    created_date  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (document_id, chunk_index, model)
+);
+
+-- The ledger: one row per file version, the single source of truth for progress.
+-- `stage` is the next thing to do: hash, upload, store, track, finish; or done / quarantined.
+CREATE TABLE IF NOT EXISTS dz_files (
+    id               bigserial PRIMARY KEY,
+    zone             text        NOT NULL,
+    rel_path         text        NOT NULL,
+    size_bytes       bigint      NOT NULL,
+    mtime_ns         bigint      NOT NULL,
+    stage            text        NOT NULL DEFAULT 'hash',
+    outcome          text,
+    sha256           text,
+    object_key       text,
+    etag             text,
+    document_id      bigint,
+    chunks           integer,
+    batch_id         uuid,
+    mlflow_run_id    text,
+    reported         boolean     NOT NULL DEFAULT false,
+    stage_ms         jsonb       NOT NULL DEFAULT '{}',
+    attempts         integer     NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    last_error       text,
+    claimed_by       text,
+    lease_until      timestamptz,
+    discovered_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (zone, rel_path, size_bytes, mtime_ns)
+);
+
+CREATE INDEX IF NOT EXISTS dz_files_work ON dz_files (next_attempt_at, id)
+    WHERE stage IN ('hash', 'upload', 'store', 'finish');
+CREATE INDEX IF NOT EXISTS dz_files_track ON dz_files (zone, id)
+    WHERE stage = 'track' OR (stage = 'quarantined' AND NOT reported);
+CREATE INDEX IF NOT EXISTS dz_files_batch ON dz_files (batch_id) WHERE batch_id IS NOT NULL;
+
+-- Who owns each content in a zone: the first file version with that sha256 stores it, later
+-- ones are duplicates. Makes "same content dropped twice is stored once" hold under races.
+CREATE TABLE IF NOT EXISTS dz_contents (
+    zone     text   NOT NULL,
+    sha256   text   NOT NULL,
+    file_id  bigint NOT NULL REFERENCES dz_files (id),
+    PRIMARY KEY (zone, sha256)
+);
+
+INSERT INTO dz_schema (version) VALUES (1) ON CONFLICT DO NOTHING;

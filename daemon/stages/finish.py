@@ -1,0 +1,56 @@
+"""Finish: the source leaves the zone (moved to the done folder, deleted, or kept) only after
+every sink has the file; and quarantine, for files that cannot be processed.
+
+A source that changed since it was found is left alone: it is a new version, and the watcher
+will bring it back. Moves never overwrite: a taken name gets `.1`, `.2`, ... before its suffix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import daemon
+from daemon.files import free_path, is_version, move, write_json
+from daemon.stages import Env, Job, timed
+
+
+def release_source(job: Job) -> str | None:
+    """Apply the zone's `after` rule; returns where the file went, if it moved."""
+    if not is_version(job.source, job.version) or job.zone.after == "keep":
+        return None
+    if job.zone.after == "delete":
+        job.source.unlink(missing_ok=True)
+        return None
+    return str(move(job.source, job.zone.done_dir / job.row.rel_path))
+
+
+async def run(job: Job, env: Env) -> None:
+    with timed(job, "finish"):
+        job.metadata["moved_to"] = await asyncio.to_thread(release_source, job)
+    await env.ledger.advance(job.row, "done", stage_ms=job.timings)
+
+
+def error_report(job: Job, reason: str) -> dict[str, object]:
+    return {
+        "zone": job.zone.name, "path": job.row.rel_path, "reason": reason,
+        "stage": job.row.stage, "attempts": job.row.attempts + 1, "sha256": job.row.sha256,
+        "size_bytes": job.row.size_bytes, "ledger_id": job.row.id,
+        "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dropzone_version": daemon.__version__,
+    }
+
+
+def quarantine_source(job: Job, reason: str) -> str | None:
+    """Move the file to the zone's quarantine folder with `<name>.error.json` beside it."""
+    if not is_version(job.source, job.version):
+        return None
+    final = free_path(job.zone.quarantine_dir / job.row.rel_path)
+    write_json(Path(f"{final}.error.json"), error_report(job, reason))  # the reason first
+    return str(move(job.source, final))
+
+
+async def quarantine(job: Job, env: Env, reason: str) -> None:
+    job.metadata["quarantined_to"] = await asyncio.to_thread(quarantine_source, job, reason)
+    await env.ledger.quarantine(job.row, reason)

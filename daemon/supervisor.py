@@ -1,0 +1,299 @@
+"""Supervisor: startup -> run -> drain -> shutdown, for the daemon and for `--once`.
+
+Both modes run the same parts (watcher, workers fed from the ledger, tracker, lease heartbeat);
+`--once` switches watching off, waits until everything it found is stored, records the whole
+invocation as one MLflow batch, finishes the files and exits. Signal handlers only set a flag; a
+second signal cancels at once. On drain, in-flight files get `drain_grace_s` to reach a durable
+point, the rest are cancelled (and said so), and every claim is handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from daemon import systemd
+from daemon.config import Settings
+from daemon.embedders import create as create_embedder
+from daemon.errors import ConfigError, DaemonError
+from daemon.ledger import FileRow, Ledger
+from daemon.logs import get_logger
+from daemon.pipeline import process, track_pending
+from daemon.sessions import Sessions
+from daemon.stages import Env
+from daemon.watcher import Watcher
+
+log = get_logger("dropzone.supervisor")
+EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True if `event` was set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+class Workers:
+    """N workers fed from the ledger through a bounded queue: claims never outrun the workers."""
+
+    def __init__(self, env: Env, count: int) -> None:
+        self.env = env
+        self.queue: asyncio.Queue[FileRow] = asyncio.Queue(maxsize=count)
+        self.count = count
+        self.busy = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            feeder = group.create_task(self._feed())
+            workers = [group.create_task(self._work()) for _ in range(self.count)]
+            await self.stop.wait()
+            feeder.cancel()
+            for worker in workers:
+                worker.cancel()
+
+    async def _claim(self) -> list[FileRow]:
+        self.env.ledger.wakeup.clear()
+        try:
+            return await self.env.ledger.claim(max(1, self.queue.maxsize - self.queue.qsize()))
+        except DaemonError as exc:
+            log.warning("claim_failed", error=str(exc))
+            return []
+
+    async def _feed(self) -> None:
+        while True:
+            rows = await self._claim()
+            for row in rows:
+                await self.queue.put(row)
+            if not rows:
+                await sleep_unless(self.env.ledger.wakeup, self.env.settings.pipeline.poll_s)
+
+    async def _work(self) -> None:
+        while True:
+            row = await self.queue.get()
+            self.busy += 1
+            self.idle.clear()
+            try:
+                await process(row, self.env)
+            except Exception as exc:  # the ledger itself failed; the lease brings the file back
+                log.error("worker_failed", zone=row.zone, path=row.rel_path, error=str(exc))
+            finally:
+                self.busy -= 1
+                if not self.busy:
+                    self.idle.set()
+                self.queue.task_done()
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop claiming, give queued files back, wait for in-flight ones; returns how many
+        had to be cancelled."""
+        queued = []
+        while not self.queue.empty():
+            queued.append(self.queue.get_nowait().id)
+            self.queue.task_done()
+        await self.env.ledger.release(queued)
+        await sleep_unless(self.idle, grace_s)
+        left = self.busy
+        self.stop.set()
+        return left
+
+
+class Tracker:
+    """Closes MLflow batch windows: `window_files` files or `window_s` seconds, whichever first."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.settings = env.settings.mlflow
+
+    async def _due(self) -> bool:
+        files, oldest_s = await self.env.ledger.track_window()
+        window = self.settings
+        return files >= window.window_files or (files > 0 and oldest_s >= window.window_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                if await self._due():
+                    await track_pending(self.env, self.settings.window_files)
+                    failures = 0
+                    continue
+            except DaemonError as exc:
+                failures += 1
+                log.warning("tracking_failed", error=str(exc), retry_in_s=min(60, 2**failures))
+                await sleep_unless(stop, min(60, 2**failures))
+                continue
+            await sleep_unless(stop, min(1.0, self.settings.window_s / 4))
+
+    async def flush(self) -> bool:
+        """Record everything waiting (for `--once`); False if MLflow could not be reached."""
+        try:
+            while await track_pending(self.env, 1_000_000_000):
+                pass
+        except DaemonError as exc:
+            log.error("tracking_failed", error=str(exc), waiting=await self.env.ledger.untracked(),
+                      hint="files stay in their zone; the next run records them")
+            return False
+        return True
+
+
+def first_daemon_error(exc: BaseException) -> DaemonError | None:
+    """The first of our errors inside an exception (group), if any."""
+    if isinstance(exc, DaemonError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_daemon_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _exit_for(exc: BaseException) -> int:
+    """A dependency that stayed away, or a config the database refused: say so, exit 3 or 2."""
+    error = first_daemon_error(exc)
+    if error is None:
+        raise exc
+    if isinstance(error, ConfigError):
+        log.error("config_refused", error=str(error))
+        return EXIT_USAGE
+    log.error("dependency_unreachable", error=str(error))
+    return EXIT_DEPENDENCY
+
+
+class Supervisor:
+    """Runs one daemon (or one `--once`) from start to exit code."""
+
+    def __init__(self, settings: Settings, once: bool = False) -> None:
+        self.settings = settings
+        self.once = once
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.should_exit = asyncio.Event()
+        self._main: asyncio.Task[Any] | None = None
+
+    def run(self) -> int:
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        self._main = asyncio.current_task()
+        self._install_signal_handlers()
+        try:
+            async with Sessions(self.settings) as sessions:
+                env = self._env(sessions)
+                return await (self._run_once(env) if self.once else self._run_daemon(env))
+        except (DaemonError, BaseExceptionGroup) as exc:
+            return _exit_for(exc)
+        except asyncio.CancelledError:
+            log.warning("forced_exit")
+            return EXIT_INTERRUPTED
+
+    def _env(self, sessions: Sessions) -> Env:
+        zones = [z.name for z in self.settings.zones]
+        ledger = Ledger(sessions, zones, self.owner, self.settings.pipeline.lease_s)
+        return Env(self.settings, sessions, ledger, create_embedder(self.settings.embedding),
+                   mode="once" if self.once else "daemon")
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set() and self._main is not None:
+            self._main.cancel()  # a second signal: stop waiting for anything
+            return
+        log.info("shutdown_requested", signal=sig.name)
+        self.should_exit.set()
+
+    async def _heartbeat(self, ledger: Ledger) -> None:
+        while True:
+            await asyncio.sleep(self.settings.pipeline.lease_s / 3)
+            try:
+                await ledger.heartbeat()
+            except DaemonError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+
+    async def _shutdown(self, env: Env, workers: Workers) -> None:
+        cancelled = await workers.drain(self.settings.pipeline.drain_grace_s)
+        if cancelled:
+            log.warning("drain_timeout", cancelled=cancelled,
+                        note="their claims are given back; another run resumes them")
+        try:
+            await env.ledger.release_all()
+        except DaemonError as exc:
+            log.warning("release_failed", error=str(exc), note="claims expire on their own")
+
+    async def _run_daemon(self, env: Env) -> int:
+        workers, stop_intake = Workers(env, self.settings.pipeline.workers), asyncio.Event()
+        watcher = Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(workers.run())
+            group.create_task(watcher.run(stop_intake))
+            group.create_task(Tracker(env).run(stop_intake))
+            heartbeat = group.create_task(self._heartbeat(env.ledger))
+            systemd.notify("READY=1", f"STATUS=watching {len(self.settings.zones)} zone(s)")
+            log.info("daemon_ready", zones=[z.name for z in self.settings.zones], owner=self.owner)
+            await self.should_exit.wait()
+            systemd.notify("STOPPING=1")
+            stop_intake.set()
+            await self._shutdown(env, workers)
+            heartbeat.cancel()
+        log.info("daemon_stopped", **env.counts)
+        return EXIT_OK
+
+    async def _until(self, check: Callable[[], Awaitable[bool]], env: Env) -> bool:
+        """Poll `check` until it holds; False if a shutdown was requested first."""
+        last_progress = time.monotonic()
+        while not self.should_exit.is_set():
+            if await check():
+                return True
+            if time.monotonic() - last_progress >= 5:
+                log.info("progress", **env.counts)
+                last_progress = time.monotonic()
+            await sleep_unless(self.should_exit, 0.1)
+        return False
+
+    async def _drain_once(self, env: Env) -> bool:
+        """Scan, store everything found, record it in MLflow, finish the files."""
+        await Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s).run_once()
+        horizon = await env.ledger.horizon()
+
+        async def idle() -> bool:
+            return await env.ledger.unfinished(horizon) == 0
+
+        if not await self._until(idle, env):
+            return True
+        tracked = await Tracker(env).flush()
+        await self._until(idle, env)
+        return tracked
+
+    async def _run_once(self, env: Env) -> int:
+        started, workers = time.monotonic(), Workers(env, self.settings.pipeline.workers)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(workers.run())
+            heartbeat = group.create_task(self._heartbeat(env.ledger))
+            tracked = await self._drain_once(env)
+            await self._shutdown(env, workers)
+            heartbeat.cancel()
+        elapsed = time.monotonic() - started
+        done = sum(env.counts.values())
+        log.info("once_finished", elapsed_s=round(elapsed, 3),
+                 files_per_s=round(done / elapsed, 1) if elapsed else None, **env.counts)
+        return self._exit_code(env, tracked)
+
+    def _exit_code(self, env: Env, tracked: bool) -> int:
+        if self.should_exit.is_set():
+            return EXIT_INTERRUPTED
+        if not tracked:
+            return EXIT_DEPENDENCY
+        return EXIT_QUARANTINED if env.counts["quarantined"] else EXIT_OK
