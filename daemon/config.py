@@ -212,7 +212,7 @@ class Settings(Frozen):
     """The whole configuration of one daemon."""
 
     state_dir: Path
-    zones: tuple[ZoneSettings, ...] = Field(min_length=1)
+    zones: tuple[ZoneSettings, ...]
     storage: StorageSettings
     database: DatabaseSettings = DatabaseSettings()
     mlflow: MlflowSettings
@@ -232,6 +232,8 @@ class Settings(Frozen):
     @field_validator("zones")
     @classmethod
     def _distinct_zones(cls, zones: tuple[ZoneSettings, ...]) -> tuple[ZoneSettings, ...]:
+        if not zones:
+            raise ValueError("at least one zone is needed")
         for i, zone in enumerate(zones):
             for other in zones[:i]:
                 _check_apart(zone, other)

@@ -1,0 +1,198 @@
+"""`python -m daemon` as a user runs it: a subprocess on a temp config, real S3/Postgres/MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import REPO, Daemon, Sinks, drop, free_port, s3_storage, wait_until, write_config
+
+
+def s3_config(tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str,
+              **sections: Any) -> Path:
+    sections.setdefault("mlflow", {"window_s": 0.5})
+    return write_config(tmp_path, database=database_url, storage=s3_storage(s3_endpoint, bucket),
+                        **sections)
+
+
+def make_corpus(zone: Path, count: int) -> dict[str, str]:
+    texts = {f"batch/{i:04d}.txt": f"document {i}\n\n" + f"word{i} " * (50 + i % 200)
+             for i in range(count)}
+    for name, text in texts.items():
+        (zone / name).parent.mkdir(parents=True, exist_ok=True)
+        (zone / name).write_text(text)
+    return texts
+
+
+def assert_exactly_once(sinks: Sinks, texts: dict[str, str]) -> None:
+    """One object, one document and one MLflow record per distinct content; nothing more."""
+    shas = {hashlib.sha256(t.encode()).hexdigest() for t in texts.values()}
+    docs = sinks.documents()
+    assert sorted(d["sha256"] for d in docs) == sorted(shas)
+    assert len(sinks.object_keys()) == len(shas)
+    records = Counter(r["sha256"] for r in sinks.mlflow_records())
+    assert set(records) == shas and set(records.values()) == {1}
+    assert all(d["mlflow_run_id"] for d in docs)
+
+
+def test_files_dropped_while_running_are_processed(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str,
+        mlflow_server: str) -> None:
+    """Files dropped into a running daemon reach S3, Postgres and MLflow (HTTP) and leave."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket,
+                     mlflow={"tracking_uri": mlflow_server, "window_s": 0.5,
+                             "experiment": f"acc-{bucket}"})
+    zone = tmp_path / "zones" / "docs"
+    with Daemon(path) as daemon:
+        daemon.wait_for("daemon_ready", 120)
+        texts = {f"note{i}.txt": f"note number {i} about the dropzone daemon" for i in range(3)}
+        for name, text in texts.items():
+            drop(zone, name, text)
+        wait_until(lambda: len(daemon.named("file_processed")) == 3, 120, "three files")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    assert {e["outcome"] for e in daemon.named("file_processed")} == {"stored"}
+    assert_exactly_once(Sinks(path), texts)
+    assert sorted(p.name for p in (tmp_path / "var" / "done" / "docs").iterdir()) == sorted(texts)
+    assert not list(zone.iterdir())
+    assert daemon.named("daemon_stopped")
+
+
+def slow_writer(path: Path, pieces: int, every_s: float) -> str:
+    content = ""
+    with open(path, "a", encoding="utf-8") as out:
+        for i in range(pieces):
+            line = f"line {i} of a file written slowly\n"
+            out.write(line)
+            out.flush()
+            content += line
+            time.sleep(every_s)
+    return content
+
+
+def test_a_slow_writer_is_not_picked_up_half_written(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """A file written in pieces for 3 s (settle 1 s) is stored once, complete."""
+    zones = [{"name": "docs", "path": "zones/docs", "settle_ms": 1000}]
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket, zones=zones)
+    target = tmp_path / "zones" / "docs" / "slow.log"
+    with Daemon(path) as daemon:
+        daemon.wait_for("daemon_ready", 120)
+        result: list[str] = []
+        writer = threading.Thread(target=lambda: result.append(slow_writer(target, 10, 0.3)))
+        writer.start()
+        writer.join()
+        daemon.wait_for("file_processed", 60, path="slow.log")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    docs = Sinks(path).documents()
+    assert [d["sha256"] for d in docs] == [hashlib.sha256(result[0].encode()).hexdigest()]
+    assert len(daemon.named("file_processed")) == 1
+
+
+def test_once_twice_stores_nothing_twice(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """Two `--once` over the same contents: stored once, the second makes no MLflow run."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    zone = tmp_path / "zones" / "docs"
+    texts = make_corpus(zone, 20)
+    assert Daemon(path, "--once").run() == 0
+    make_corpus(zone, 20)
+    second = Daemon(path, "--once")
+    assert second.run() == 0
+    assert {e["outcome"] for e in second.named("file_processed")} == {"duplicate"}
+    sinks = Sinks(path)
+    assert_exactly_once(sinks, texts)
+    assert len(sinks.mlflow_runs()) == 1
+
+
+def test_sigterm_drains_and_exits_0(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """SIGTERM mid-backlog: in-flight files finish, claims are handed back, exit 0; a later
+    `--once` completes the rest exactly once."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    texts = make_corpus(tmp_path / "zones" / "docs", 300)
+    sinks = Sinks(path)
+    with Daemon(path) as daemon:
+        daemon.wait_for("daemon_ready", 120)
+        wait_until(lambda: len(sinks.documents()) >= 20, 120, "some documents")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    assert daemon.named("daemon_stopped")
+    assert not sinks.query("SELECT id FROM dz_files WHERE claimed_by IS NOT NULL")
+    assert Daemon(path, "--once").run() == 0
+    assert_exactly_once(sinks, texts)
+
+
+def test_kill_9_mid_batch_then_once_leaves_exactly_one_of_each(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """kill -9 during a `--once`, then `--once` again: one object, document, record per file."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    zone = tmp_path / "zones" / "docs"
+    texts = make_corpus(zone, 300)
+    sinks = Sinks(path)
+    with Daemon(path, "--once") as first:
+        wait_until(lambda: len(sinks.documents()) >= 30, 120, "30 documents")
+        first.signal(signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+    assert len(sinks.documents()) < 300  # it really died in the middle
+    again = Daemon(path, "--once")
+    assert again.run() == 0, again.output()[-2000:]
+    assert_exactly_once(sinks, texts)
+    assert not list(zone.rglob("*.txt"))
+    assert len(list((tmp_path / "var" / "done" / "docs").rglob("*.txt"))) == 300
+
+
+def test_an_unreachable_database_exits_3_with_one_line(tmp_path: Path) -> None:
+    """No Postgres at the configured address: exit 3 and a clear error, no traceback."""
+    path = write_config(tmp_path, database=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+    daemon = Daemon(path, "--once")
+    assert daemon.run(120) == 3
+    [error] = daemon.named("dependency_unreachable")
+    assert error["error"].startswith("postgres: ")
+    assert "Traceback" not in daemon.output()
+
+
+def test_check_and_status(tmp_path: Path, database_url: str, s3_endpoint: str,
+                          bucket: str) -> None:
+    """`check` says ok for all three dependencies; `status --json` counts files by state."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    make_corpus(tmp_path / "zones" / "docs", 3)
+    assert Daemon(path, "--once").run() == 0
+    check = subprocess.run([sys.executable, "-m", "daemon", "check", "--config", str(path)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lines = check.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["postgres", "ok"], ["objects", "ok"],
+                                                   ["mlflow", "ok"]]
+    assert f"s3://{bucket}/dz/.dropzone-check/" in lines[1] and "SSE AES256" in lines[1]
+    status = subprocess.run([sys.executable, "-m", "daemon", "status", "--json", "--config",
+                             str(path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert status.returncode == 0
+    assert '"stored": 3' in status.stdout
+
+
+def test_quickstart_on_the_embedded_defaults(tmp_path: Path) -> None:
+    """The shipped example config, untouched: embedded Postgres, file store, sqlite MLflow."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    for zone in ("documents", "reports"):
+        (tmp_path / "dropzones" / zone).mkdir(parents=True)
+    drop(tmp_path / "dropzones" / "documents", "hello.txt", "hello from the quickstart")
+    drop(tmp_path / "dropzones" / "reports", "q3.md", "# Q3\n\nrevenue is up")
+    path = tmp_path / "config" / "drop_zones.yaml"
+    daemon = Daemon(path, "--once")
+    assert daemon.run() == 0, daemon.output()[-2000:]
+    sinks = Sinks(path)
+    assert sorted(d["source_path"] for d in sinks.documents()) == ["hello.txt", "q3.md"]
+    assert {d["doc_type"] for d in sinks.documents()} == {"document", "report"}
+    assert len(sinks.object_keys()) == 2
+    assert sorted(r["source_path"] for r in sinks.mlflow_records()) == ["hello.txt", "q3.md"]
+    assert (tmp_path / "var" / "done" / "documents" / "hello.txt").exists()

@@ -1,0 +1,75 @@
+"""The schema: created at start, by any number of daemons at once, vector or real[]."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from daemon.database import Database
+from daemon.errors import ConfigError
+from tests.helpers import settings_for
+
+
+async def pgvector_available(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
+    finally:
+        await conn.close()
+
+
+async def test_schema_uses_pgvector_exactly_when_the_server_has_it(
+        tmp_path: Path, database_url: str) -> None:
+    """The embedding column is vector(dim) with pgvector, real[] without."""
+    settings = settings_for(tmp_path, database_url)
+    async with Database(settings) as db:
+        kind = await db.pool.fetchval(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'document_embeddings'::regclass AND attname = 'embedding'")
+        tables = {r["tablename"] for r in await db.pool.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"documents", "document_embeddings", "dz_files", "dz_contents"} <= tables
+    if await pgvector_available(database_url):
+        assert (db.vector, kind) == (True, "vector(384)")
+    else:
+        assert (db.vector, kind) == (False, "real[]")
+
+
+async def test_many_daemons_can_create_the_schema_at_once(
+        tmp_path: Path, database_url: str) -> None:
+    """Four concurrent starts on an empty database all succeed (advisory lock)."""
+    settings = settings_for(tmp_path, database_url)
+
+    async def start() -> bool:
+        async with Database(settings) as db:
+            return bool(await db.pool.fetchval("SELECT max(version) = 1 FROM dz_schema"))
+
+    assert await asyncio.gather(*(start() for _ in range(4))) == [True] * 4
+
+
+async def test_a_different_dim_is_refused_where_the_column_has_one(
+        tmp_path: Path, database_url: str) -> None:
+    """vector(384) cannot take 128-d vectors: refused at start; real[] has no dim to clash."""
+    async with Database(settings_for(tmp_path, database_url)) as db:
+        native = db.vector
+    other = settings_for(tmp_path, database_url, embedding={"dim": 128})
+    if native:
+        with pytest.raises(ConfigError, match=r"embedding.dim: 128, but the database stores"):
+            async with Database(other):
+                pass
+    else:
+        async with Database(other) as db:
+            assert db.vector is False
+
+
+async def test_embedded_postgres_has_pgvector(tmp_path: Path) -> None:
+    """`database.url: embedded` starts pgserver under the state dir, with pgvector."""
+    settings = settings_for(tmp_path, "embedded")
+    async with Database(settings) as db:
+        assert db.vector is True
+        assert await db.pool.fetchval("SELECT current_database()") == "dropzone"
+    assert (tmp_path / "var" / "pg" / "PG_VERSION").exists()

@@ -1,0 +1,40 @@
+"""Logs: JSON lines, and secrets never written."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from daemon import logs
+
+
+def capture() -> io.StringIO:
+    stream = io.StringIO()
+    logs.configure("info", "json", stream)
+    return stream
+
+
+def test_url_passwords_and_registered_secrets_are_redacted() -> None:
+    """Passwords in URLs, registered secrets and secret-named fields never reach the output."""
+    stream = capture()
+    logs.add_secret("hunter2-very-secret")
+    logs.get_logger("t").info("event", url="postgresql://app:pa55w0rd@db:5432/x",
+                              note="the key is hunter2-very-secret", password="plain",
+                              nested={"token": "abc123", "ok": "fine"})
+    text = stream.getvalue()
+    for secret in ("pa55w0rd", "hunter2-very-secret", "plain", "abc123"):
+        assert secret not in text
+    line = json.loads(text.strip().splitlines()[-1])
+    assert line["url"] == "postgresql://app:***@db:5432/x"
+    assert line["nested"]["ok"] == "fine"
+
+
+def test_standard_library_records_become_json_and_are_redacted() -> None:
+    """A library logging through `logging` gets the same JSON and the same redaction."""
+    stream = capture()
+    logging.getLogger("somelib").warning("connecting to https://u:topsecret@host/")
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert line["level"] == "warning"
+    assert "topsecret" not in line["event"]
+    assert line["logger"] == "somelib"
