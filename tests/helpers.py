@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -175,10 +176,8 @@ class Daemon:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.raw.append(line)
-            try:
+            with contextlib.suppress(ValueError):  # a line that is not JSON is kept in `raw`
                 self.events.append(json.loads(line))
-            except ValueError:
-                pass
 
     def run(self, timeout_s: float = 300) -> int:
         """Start, wait for the exit, return the exit code."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_chunks_are_bounded_positioned_and_cover_everything(size: int, overlap: 
 def test_consecutive_chunks_overlap() -> None:
     """With overlap, each chunk starts before the previous one ended."""
     chunks = chunk_text(sample_text(), 300, 60)
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in pairwise(chunks):
         assert after.start < before.start + len(before.text)
         assert after.start > before.start
 

@@ -44,8 +44,9 @@ def test_an_mtime_in_the_future_does_not_make_a_file_ready() -> None:
 
 def test_filters(tmp_path: Path) -> None:
     """Excludes match any path part; includes match the path or the name; depth obeys recursive."""
-    z = ZoneSettings(name="z", path=tmp_path, done_dir=tmp_path / "d", quarantine_dir=tmp_path / "q",
-                     include=("*.txt", "reports/*"), exclude=(".*", "*.part"))
+    z = ZoneSettings(name="z", path=tmp_path, done_dir=tmp_path / "d",
+                     quarantine_dir=tmp_path / "q", include=("*.txt", "reports/*"),
+                     exclude=(".*", "*.part"))
     assert accepts(z, "a.txt")
     assert accepts(z, "deep/down/a.txt")
     assert accepts(z, "reports/x.bin")
