@@ -251,15 +251,18 @@ class Supervisor:
         log.info("daemon_stopped", **env.counts)
         return EXIT_OK
 
-    async def _until(self, check: Callable[[], Awaitable[bool]], env: Env) -> bool:
-        """Poll `check` until it holds; False if a shutdown was requested first."""
-        last_progress = time.monotonic()
+    async def _until_done(self, left: Callable[[], Awaitable[int]], what: str) -> bool:
+        """Poll until `left()` is 0, logging progress every 5 s; False if told to stop first."""
+        mark, mark_left = time.monotonic(), None
         while not self.should_exit.is_set():
-            if await check():
+            now_left = await left()
+            if not now_left:
                 return True
-            if time.monotonic() - last_progress >= 5:
-                log.info("progress", **env.counts)
-                last_progress = time.monotonic()
+            if mark_left is None or time.monotonic() - mark >= 5:
+                rate = (mark_left - now_left) / (time.monotonic() - mark) if mark_left else 0.0
+                log.info("progress", stage=what, files_left=now_left,
+                         files_per_s=round(rate, 1))
+                mark, mark_left = time.monotonic(), now_left
             await sleep_unless(self.should_exit, 0.1)
         return False
 
@@ -268,13 +271,13 @@ class Supervisor:
         await Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s).run_once()
         horizon = await env.ledger.horizon()
 
-        async def idle() -> bool:
-            return await env.ledger.unfinished(horizon) == 0
+        def left() -> Awaitable[int]:
+            return env.ledger.unfinished(horizon)
 
-        if not await self._until(idle, env):
+        if not await self._until_done(left, "storing"):
             return True
         tracked = await Tracker(env).flush()
-        await self._until(idle, env)
+        await self._until_done(left, "finishing")
         return tracked
 
     async def _run_once(self, env: Env) -> int:
