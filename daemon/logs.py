@@ -23,7 +23,8 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key", re.I)
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD", "MLFLOW_TRACKING_TOKEN",
                "MLFLOW_TRACKING_PASSWORD")
-_QUIET = ("mlflow", "alembic", "botocore", "aiobotocore", "urllib3", "pgserver", "asyncio")
+_QUIET = ("mlflow", "alembic", "botocore", "aiobotocore", "urllib3", "pgserver", "asyncio",
+          "watchfiles")
 _secrets: set[str] = set()
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from daemon import systemd
+from daemon import __version__, systemd
 from daemon.config import Settings
 from daemon.embedders import create as create_embedder
 from daemon.errors import ConfigError, DaemonError
@@ -187,6 +187,9 @@ class Supervisor:
     async def serve(self) -> int:
         self._main = asyncio.current_task()
         self._install_signal_handlers()
+        log.info("starting", version=__version__, mode="once" if self.once else "daemon",
+                 zones=[z.name for z in self.settings.zones], storage=self.settings.storage.url,
+                 database=self.settings.database.url, mlflow=self.settings.mlflow.tracking_uri)
         try:
             async with Sessions(self.settings) as sessions:
                 env = self._env(sessions)
