@@ -94,7 +94,7 @@ class StorageSettings(Frozen):
     kms_key_id: str | None = None
     key_template: str = "dropzones/{doc_type}/{sha256}/{name}"
     max_connections: int = Field(32, ge=1, le=1024)
-    multipart_threshold: ByteSize = Field(ByteSize(64 * 1024**2), ge=5 * 1024**2)
+    multipart_threshold: ByteSize = Field(ByteSize(16 * 1024**2), ge=5 * 1024**2)
 
     @field_validator("endpoint_url", "kms_key_id", mode="before")
     @classmethod

@@ -144,11 +144,10 @@ class ZoneWatcher:
         for rel, version in found.items():
             self.offer(rel, version)
 
-    def _settle(self) -> list[Entry]:
-        """Re-stat every candidate; returns the ones that are ready."""
+    def _ready(self, versions: dict[str, Version | None]) -> list[Entry]:
+        """Feed fresh stats to the settler; returns the files that are ready."""
         ready, now = [], time.time()
-        for rel in self.settler.pending():
-            found = _version(self.zone.path / rel)
+        for rel, found in versions.items():
             if found is None:
                 self.settler.forget(rel)
             elif self.settler.observe(rel, found, now):
@@ -159,7 +158,9 @@ class ZoneWatcher:
         """One settling pass; ready files go to the ledger. Returns how many are still waiting."""
         if not len(self.settler):
             return 0
-        ready = await asyncio.to_thread(self._settle)
+        rels = self.settler.pending()
+        versions = await asyncio.to_thread(lambda: {r: _version(self.zone.path / r) for r in rels})
+        ready = self._ready(versions)  # on the loop thread, like every other settler change
         if ready:
             await self.ledger.discover(self.zone.name, ready)
             for entry in ready:
