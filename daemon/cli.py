@@ -114,9 +114,14 @@ async def _probe_database(settings: Settings) -> str:
 async def _probe_objects(settings: Settings) -> str:
     async with AsyncExitStack() as stack:
         store = await open_store(settings.storage, stack)
-        url = await probe_store(store, RetryPolicy(attempts=2, deadline_s=15))
-    sse = settings.storage.sse if settings.storage.is_s3 else "n/a (local folder)"
-    return f"{url.rsplit('/', 1)[0]}/: put, get, delete ok; SSE {sse}"
+        put = await probe_store(store, RetryPolicy(attempts=2, deadline_s=15))
+    where = f"{put.url.rsplit('/', 1)[0]}/: put, get, delete ok"
+    if not settings.storage.is_s3:
+        return f"{where}; SSE n/a (local folder)"
+    wanted = None if settings.storage.sse == "none" else settings.storage.sse
+    if put.sse != wanted:
+        raise DaemonError(f"{where}, but SSE is {put.sse or 'none'} (configured: {wanted})")
+    return f"{where}; SSE {put.sse or 'none'} confirmed by the store"
 
 
 async def _probe_mlflow(settings: Settings) -> str:

@@ -30,6 +30,7 @@ _UNSAFE_RUN = re.compile(r"_+")
 class PutResult:
     url: str
     etag: str | None
+    sse: str | None = None  # the encryption the store says it applied
 
 
 class ObjectStore(Protocol):
@@ -185,12 +186,16 @@ class S3Store:
         await self.client.upload_file(str(path), self.bucket, self.full_key(key),
                                       ExtraArgs=self._extra(key), Config=config)
         head = await self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
-        return PutResult(self.url(key), str(head.get("ETag", "")).strip('"') or None)
+        return self._result(key, head)
 
     async def put_bytes(self, key: str, data: bytes) -> PutResult:
         response = await self.client.put_object(Bucket=self.bucket, Key=self.full_key(key),
                                                 Body=data, **self._extra(key))
-        return PutResult(self.url(key), str(response.get("ETag", "")).strip('"') or None)
+        return self._result(key, response)
+
+    def _result(self, key: str, response: dict[str, Any]) -> PutResult:
+        etag = str(response.get("ETag", "")).strip('"') or None
+        return PutResult(self.url(key), etag, response.get("ServerSideEncryption"))
 
     async def get(self, key: str) -> bytes:
         response = await self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))

@@ -128,7 +128,7 @@ class Sessions:
 
     # -- health -------------------------------------------------------------------------------
 
-    async def probe_store(self) -> str:
+    async def probe_store(self) -> PutResult:
         return await probe_store(self.store, self.policy)
 
     async def probe_database(self) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class Sessions:
         return await probe_mlflow(self.tracking, self.mlflow_policy)
 
 
-async def probe_store(store: ObjectStore, policy: RetryPolicy) -> str:
+async def probe_store(store: ObjectStore, policy: RetryPolicy) -> PutResult:
     """Write, read back and delete a probe object, with the configured encryption."""
     key = f".dropzone-check/{uuid.uuid4().hex}"
     payload = uuid.uuid4().bytes
@@ -148,7 +148,7 @@ async def probe_store(store: ObjectStore, policy: RetryPolicy) -> str:
             raise RuntimeError("the probe object read back differently")
     finally:
         await policy.call("probe delete", store.delete, key)
-    return put.url
+    return put
 
 
 def _tag_experiment(client: Any, experiment_id: str) -> str:
