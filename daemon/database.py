@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import warnings
 from contextlib import AbstractAsyncContextManager
 from functools import cache
@@ -22,8 +23,10 @@ from typing import Any
 
 import asyncpg
 
+from daemon import failpoints
 from daemon.config import DatabaseSettings, Settings
 from daemon.errors import ConfigError, DependencyError
+from daemon.files import exclusive
 from daemon.logs import add_secret, get_logger
 from daemon.retry import describe, is_transient
 
@@ -74,15 +77,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def start_embedded(state_dir: Path) -> str:
-    """Start (or join) the embedded server; returns its URI. Blocking: run it in a thread."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = state_dir / "pg"
-    _prune_dead_handles(pgdata)
-    with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set": its fallback is fine
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-        from pgserver.postgres_server import get_server  # only the embedded default needs it
+    """Start (or join) the embedded server; returns its URI. Blocking: run it in a thread.
 
-        server = get_server(pgdata, cleanup_mode="stop")
+    A first start killed half-way leaves a cluster that can never start; `pg.ready`, written
+    once the server first answered, tells such a folder (holding no data yet) from a real one.
+    """
+    pgdata, ready = state_dir / "pg", state_dir / "pg.ready"
+    with exclusive(state_dir / "pg.lock"):
+        if pgdata.exists() and not ready.exists():
+            log.warning("embedded_postgres_reinit", reason="an earlier first start was cut short")
+            shutil.rmtree(pgdata)
+        _prune_dead_handles(pgdata)
+        with warnings.catch_warnings():  # "XDG_RUNTIME_DIR is not set": its fallback is fine
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            from pgserver.postgres_server import get_server  # only the embedded default uses it
+
+            server = get_server(pgdata, cleanup_mode="stop")
+        failpoints.hit("embedded_pg_init")
+        ready.touch()
     return str(server.get_uri())
 
 

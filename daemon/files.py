@@ -7,6 +7,7 @@ or is replaced underneath the daemon is noticed instead of half-processed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -71,6 +72,18 @@ def move(source: Path, target: Path) -> Path:
     final = free_path(target)
     shutil.move(source, final)
     return final
+
+
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_path` (other processes wait for it)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

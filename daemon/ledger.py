@@ -20,7 +20,11 @@ import asyncpg
 
 from daemon.database import sql
 from daemon.errors import LeaseLost
+from daemon.identity import is_dead
+from daemon.logs import get_logger
 from daemon.sessions import Sessions
+
+log = get_logger("dropzone.ledger")
 
 WORK_STAGES = ("hash", "upload", "store", "finish")
 
@@ -154,11 +158,24 @@ class Ledger:
         await self.sessions.execute(sql("tracked"), self.owner, list(ids), run_id)
         self.wakeup.set()
 
-    async def unfinished(self, horizon: int) -> int:
-        return int(await self.sessions.fetchval(sql("unfinished"), self.zones, horizon))
+    async def unfinished(self, horizon: int, stages: Sequence[str]) -> int:
+        """Files up to `horizon` (an id) still in one of `stages`."""
+        return int(await self.sessions.fetchval(sql("unfinished"), self.zones, horizon,
+                                                list(stages)))
 
-    async def untracked(self) -> int:
-        return int(await self.sessions.fetchval(sql("untracked"), self.zones))
+    async def untracked(self, horizon: int) -> int:
+        return int(await self.sessions.fetchval(sql("untracked"), self.zones, horizon))
+
+    async def reap_dead(self) -> int:
+        """Give back the claims of holders that died on this host; returns how many holders."""
+        holders = await self.sessions.query(sql("claim_holders"))
+        dead = [str(h["claimed_by"]) for h in holders if is_dead(str(h["claimed_by"]))]
+        for holder in dead:
+            await self.sessions.execute(sql("release_owner"), holder)
+            log.warning("claims_reaped", holder=holder, reason="the process is gone")
+        if dead:
+            self.wakeup.set()
+        return len(dead)
 
     async def horizon(self) -> int:
         return int(await self.sessions.fetchval(sql("horizon")))

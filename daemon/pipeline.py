@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from daemon import failpoints
 from daemon.errors import DaemonError, FileVanished, LeaseLost, TransientError
 from daemon.ledger import FileRow
 from daemon.logs import get_logger
@@ -49,6 +50,7 @@ async def _run_stages(job: Job, env: Env) -> None:
             await step(job, env)
         if job.row.stage == stage:
             raise RuntimeError(f"stage {stage} did not record its result")
+        failpoints.hit(f"after_{stage}")
 
 
 def _vanished(exc: BaseException) -> FileVanished | None:
@@ -118,6 +120,7 @@ async def track_pending(env: Env, limit: int) -> int:
     except BaseException:
         await env.ledger.release(r.id for r in rows)
         raise
+    failpoints.hit("after_tracked")
     log.info("batch_tracked", files=len(rows), batch_id=str(rows[0].batch_id),
              per_file=env.settings.mlflow.run_per_file)
     return len(rows)

@@ -10,18 +10,17 @@ point, the rest are cancelled (and said so), and every claim is handed back.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from daemon import __version__, systemd
 from daemon.config import Settings
 from daemon.embedders import create as create_embedder
 from daemon.errors import ConfigError, DaemonError
+from daemon.identity import this_process
 from daemon.ledger import FileRow, Ledger
 from daemon.logs import get_logger
 from daemon.pipeline import process, track_pending
@@ -30,6 +29,7 @@ from daemon.stages import Env
 from daemon.watcher import Watcher
 
 log = get_logger("dropzone.supervisor")
+STORING = ("hash", "upload", "store")
 EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -135,16 +135,12 @@ class Tracker:
                 continue
             await sleep_unless(stop, min(1.0, self.settings.window_s / 4))
 
-    async def flush(self) -> bool:
-        """Record everything waiting (for `--once`); False if MLflow could not be reached."""
-        try:
-            while await track_pending(self.env, 1_000_000_000):
-                pass
-        except DaemonError as exc:
-            log.error("tracking_failed", error=str(exc), waiting=await self.env.ledger.untracked(),
-                      hint="files stay in their zone; the next run records them")
-            return False
-        return True
+    async def record_all(self, horizon: int) -> int:
+        """Record every waiting file we can claim (for `--once`); returns how many still wait
+        (claimed by a live daemon, or by a dead one on another host whose lease must expire)."""
+        while await track_pending(self.env, 1_000_000_000):
+            pass
+        return await self.env.ledger.untracked(horizon)
 
 
 def first_daemon_error(exc: BaseException) -> DaemonError | None:
@@ -177,7 +173,7 @@ class Supervisor:
     def __init__(self, settings: Settings, once: bool = False) -> None:
         self.settings = settings
         self.once = once
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.owner = this_process()
         self.should_exit = asyncio.Event()
         self._main: asyncio.Task[Any] | None = None
 
@@ -218,13 +214,18 @@ class Supervisor:
         log.info("shutdown_requested", signal=sig.name)
         self.should_exit.set()
 
-    async def _heartbeat(self, ledger: Ledger) -> None:
+    async def _leases(self, ledger: Ledger) -> None:
+        """Renew our leases every lease_s/3; every few seconds, free the claims of the dead."""
+        renew_every, renewed = self.settings.pipeline.lease_s / 3, time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.pipeline.lease_s / 3)
             try:
-                await ledger.heartbeat()
+                await ledger.reap_dead()
+                if time.monotonic() - renewed >= renew_every:
+                    await ledger.heartbeat()
+                    renewed = time.monotonic()
             except DaemonError as exc:
-                log.warning("heartbeat_failed", error=str(exc))
+                log.warning("lease_upkeep_failed", error=str(exc))
+            await asyncio.sleep(min(5.0, renew_every))
 
     async def _shutdown(self, env: Env, workers: Workers) -> None:
         cancelled = await workers.drain(self.settings.pipeline.drain_grace_s)
@@ -243,14 +244,14 @@ class Supervisor:
             group.create_task(workers.run())
             group.create_task(watcher.run(stop_intake))
             group.create_task(Tracker(env).run(stop_intake))
-            heartbeat = group.create_task(self._heartbeat(env.ledger))
+            leases = group.create_task(self._leases(env.ledger))
             systemd.notify("READY=1", f"STATUS=watching {len(self.settings.zones)} zone(s)")
             log.info("daemon_ready", zones=[z.name for z in self.settings.zones], owner=self.owner)
             await self.should_exit.wait()
             systemd.notify("STOPPING=1")
             stop_intake.set()
             await self._shutdown(env, workers)
-            heartbeat.cancel()
+            leases.cancel()
         log.info("daemon_stopped", **env.counts)
         return EXIT_OK
 
@@ -273,24 +274,27 @@ class Supervisor:
         """Scan, store everything found, record it in MLflow, finish the files."""
         await Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s).run_once()
         horizon = await env.ledger.horizon()
-
-        def left() -> Awaitable[int]:
-            return env.ledger.unfinished(horizon)
-
-        if not await self._until_done(left, "storing"):
+        if not await self._until_done(partial(env.ledger.unfinished, horizon, STORING), "storing"):
             return True
-        tracked = await Tracker(env).flush()
-        await self._until_done(left, "finishing")
+        try:
+            await self._until_done(partial(Tracker(env).record_all, horizon), "recording")
+            tracked = True
+        except DaemonError as exc:
+            tracked = False
+            waiting = await env.ledger.untracked(horizon)
+            log.error("tracking_failed", error=str(exc), waiting=waiting,
+                      hint="these files stay in their zone; the next run records them")
+        await self._until_done(partial(env.ledger.unfinished, horizon, ("finish",)), "finishing")
         return tracked
 
     async def _run_once(self, env: Env) -> int:
         started, workers = time.monotonic(), Workers(env, self.settings.pipeline.workers)
         async with asyncio.TaskGroup() as group:
             group.create_task(workers.run())
-            heartbeat = group.create_task(self._heartbeat(env.ledger))
+            leases = group.create_task(self._leases(env.ledger))
             tracked = await self._drain_once(env)
             await self._shutdown(env, workers)
-            heartbeat.cancel()
+            leases.cancel()
         elapsed = time.monotonic() - started
         done = sum(env.counts.values())
         log.info("once_finished", elapsed_s=round(elapsed, 3),

@@ -14,13 +14,31 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from daemon import failpoints
 from daemon.config import MlflowSettings
 from daemon.errors import PermanentError
+from daemon.files import exclusive
 from daemon.logs import adopt, get_logger
 
 T = TypeVar("T")
 log = get_logger("dropzone.tracking")
 _LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
+
+
+def init_sqlite_store(path: Path) -> None:
+    """Create a new sqlite store beside its place, then rename it in: a first start killed while
+    MLflow creates its tables must not leave a half-made store that MLflow refuses to open."""
+    from mlflow.tracking import MlflowClient
+
+    with exclusive(path.with_name(f"{path.name}.lock")):
+        if path.exists():
+            return
+        for stale in path.parent.glob(f".{path.name}.init-*"):
+            stale.unlink()
+        draft = path.with_name(f".{path.name}.init-{os.getpid()}")
+        MlflowClient(tracking_uri=f"sqlite:///{draft}").search_experiments(max_results=1)
+        failpoints.hit("mlflow_store_init")
+        draft.replace(path)
 
 
 class Tracking:
@@ -61,6 +79,8 @@ class Tracking:
         from mlflow.tracking import MlflowClient
 
         adopt("mlflow")
+        if self.settings.tracking_uri.startswith("sqlite:///"):
+            init_sqlite_store(Path(self.settings.tracking_uri.removeprefix("sqlite:///")))
         client = MlflowClient(tracking_uri=self.settings.tracking_uri)
         self._experiment_id = self._experiment(client)
         self._client = client

@@ -137,15 +137,19 @@ UPDATE documents SET mlflow_run_id = $3
  WHERE id IN (SELECT document_id FROM marked WHERE document_id IS NOT NULL);
 
 -- name: unfinished
--- Work a --once run still waits for: file versions up to its horizon not yet stored or finished.
+-- Work a --once run still waits for: file versions up to its horizon still in these stages.
 SELECT count(*) FROM dz_files
- WHERE stage IN ('hash', 'upload', 'store', 'finish')
+ WHERE stage = ANY($3::text[])
    AND zone = ANY($1::text[]) AND id <= $2;
 
 -- name: untracked
 SELECT count(*) FROM dz_files
  WHERE (stage = 'track' OR (stage = 'quarantined' AND NOT reported))
-   AND zone = ANY($1::text[]);
+   AND zone = ANY($1::text[]) AND id <= $2;
+
+-- name: claim_holders
+-- Everyone holding a live claim (the reaper checks which of them died on this host).
+SELECT DISTINCT claimed_by FROM dz_files WHERE claimed_by IS NOT NULL;
 
 -- name: horizon
 SELECT COALESCE(max(id), 0) FROM dz_files;

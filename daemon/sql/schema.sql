@@ -69,6 +69,7 @@ CREATE INDEX IF NOT EXISTS dz_files_work ON dz_files (next_attempt_at, id)
     WHERE stage IN ('hash', 'upload', 'store', 'finish');
 CREATE INDEX IF NOT EXISTS dz_files_track ON dz_files (zone, id)
     WHERE stage = 'track' OR (stage = 'quarantined' AND NOT reported);
+CREATE INDEX IF NOT EXISTS dz_files_claimed ON dz_files (claimed_by) WHERE claimed_by IS NOT NULL;
 CREATE INDEX IF NOT EXISTS dz_files_batch ON dz_files (batch_id) WHERE batch_id IS NOT NULL;
 
 -- Who owns each content in a zone: the first file version with that sha256 stores it, later

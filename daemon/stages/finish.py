@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 
 import daemon
+from daemon import failpoints
 from daemon.files import free_path, is_version, move, write_json
 from daemon.stages import Env, Job, timed
 
@@ -29,6 +30,7 @@ def release_source(job: Job) -> str | None:
 async def run(job: Job, env: Env) -> None:
     with timed(job, "finish"):
         job.metadata["moved_to"] = await asyncio.to_thread(release_source, job)
+    failpoints.hit("after_move")
     await env.ledger.advance(job.row, "done", stage_ms=job.timings)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import daemon
+from daemon import failpoints
 from daemon.ledger import FileRow
 from daemon.stages import Env
 
@@ -82,6 +83,7 @@ def batch_run(batch_id: str, names: dict[str, str], values: dict[str, float],
         return str(run.info.run_id)
     run = run or client.create_run(experiment_id, tags=tags,
                                    run_name=time.strftime("dropzone-%Y%m%d-%H%M%S"))
+    failpoints.hit("mid_mlflow_run")
     _log(client, run, values, names)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / ARTIFACT
@@ -117,6 +119,7 @@ async def run_batch(rows: Sequence[FileRow], env: Env) -> None:
     call = partial(batch_run, str(rows[0].batch_id), params(env, len(rows)), metrics(rows),
                    [record(r, env) for r in rows])
     run_id = await env.sessions.mlflow(call, "mlflow batch run")
+    failpoints.hit("after_mlflow")
     await env.ledger.tracked([r.id for r in rows], run_id)
 
 
@@ -127,4 +130,5 @@ async def _per_file(rows: Sequence[FileRow], env: Env) -> None:
             continue
         call = partial(file_run, record(row, env), params(env, 1), metrics([row]))
         run_id = await env.sessions.mlflow(call, "mlflow file run")
+        failpoints.hit("after_mlflow")
         await env.ledger.tracked([row.id], run_id)

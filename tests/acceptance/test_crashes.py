@@ -1,0 +1,103 @@
+"""kill -9 at any moment: whatever dies when, every file ends exactly once in every sink.
+
+Failpoints (daemon/failpoints.py) make the daemon SIGKILL itself exactly between two writes
+that must not be torn apart; other trials kill it from outside at random moments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from tests.helpers import REPO, Daemon, Sinks, drop, s3_storage, write_config
+
+# (failpoint, on which pass to die): every window between two durable writes
+TRIALS = [
+    ("after_hash", 25), ("after_upload", 30), ("after_store", 40), ("random", 0),
+    ("mid_mlflow_run", 1), ("after_mlflow", 1), ("after_tracked", 1), ("after_move", 15),
+    ("random", 0), ("after_upload", 5), ("random", 0), ("after_finish", 10),
+]
+
+
+def add_files(zone: Path, trial: int, count: int, texts: dict[str, str]) -> None:
+    """New files for this trial, plus a copy of an older content under a new name."""
+    for i in range(count):
+        name = f"t{trial:02d}/f{i:03d}.txt"
+        texts[name] = f"trial {trial} file {i}\n\n" + f"content{trial}x{i} " * (20 + i * 7)
+        drop(zone, name, texts[name])
+    if texts:
+        old = sorted(texts)[trial % len(texts)]
+        texts[f"t{trial:02d}/copy.txt"] = texts[old]
+        drop(zone, f"t{trial:02d}/copy.txt", texts[old])
+
+
+def kill_after(daemon: Daemon, delay_s: float) -> int:
+    daemon.start()
+    time.sleep(delay_s)
+    if daemon.process and daemon.process.poll() is None:
+        daemon.signal(signal.SIGKILL)
+    return daemon.wait(120)
+
+
+def assert_exactly_once(sinks: Sinks, texts: dict[str, str], done: Path) -> None:
+    shas = {hashlib.sha256(t.encode()).hexdigest() for t in texts.values()}
+    docs = sinks.documents()
+    assert sorted(d["sha256"] for d in docs) == sorted(shas)
+    assert len(sinks.object_keys()) == len(shas)
+    records = Counter(r["sha256"] for r in sinks.mlflow_records())
+    assert set(records) == shas, "every stored content has an MLflow record"
+    assert set(records.values()) == {1}, "and only one"
+    chunks = Counter((c["document_id"], c["chunk_index"]) for c in sinks.chunks())
+    assert set(chunks.values()) == {1}
+    assert {d["id"] for d in docs} == {doc for doc, _ in chunks}
+    assert sorted(p.relative_to(done).as_posix() for p in done.rglob("*.txt")) == sorted(texts)
+
+
+def test_kill_9_between_every_pair_of_writes(tmp_path: Path, database_url: str,
+                                             s3_endpoint: str, bucket: str) -> None:
+    """Twelve trials: each `--once` dies at a failpoint or a random moment, new files arrive
+    between trials; a last clean `--once` leaves one object, document, chunk set and record
+    per content, and every source in the done folder."""
+    path = write_config(tmp_path, database=database_url, storage=s3_storage(s3_endpoint, bucket),
+                        pipeline={"workers": 4, "lease_s": 5})
+    zone, texts, rng = tmp_path / "zones" / "docs", {}, random.Random(42)
+    outcomes = []
+    for trial, (point, nth) in enumerate(TRIALS):
+        add_files(zone, trial, 40, texts)
+        if point == "random":
+            code = kill_after(Daemon(path, "--once"), rng.uniform(1.0, 4.0))
+        else:
+            code = Daemon(path, "--once", env={"DROPZONE_FAILPOINTS": f"{point}={nth}"}).run()
+        outcomes.append((point, code))
+    assert sum(code == -signal.SIGKILL for _, code in outcomes) >= 10, outcomes
+    final = Daemon(path, "--once")
+    assert final.run() == 0, final.output()[-3000:]
+    assert_exactly_once(Sinks(path), texts, tmp_path / "var" / "done" / "docs")
+    assert not list(zone.rglob("*.txt"))
+
+
+def test_kill_9_during_the_very_first_start(tmp_path: Path) -> None:
+    """Killed while embedded Postgres and the MLflow store are being created, then at random
+    early moments; the next start repairs what was cut short and runs normally."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    zone, state = tmp_path / "dropzones" / "documents", tmp_path / "var"
+    (tmp_path / "dropzones" / "reports").mkdir(parents=True)
+    texts: dict[str, str] = {}
+    add_files(zone, 0, 10, texts)
+    path = tmp_path / "config" / "drop_zones.yaml"
+    first = Daemon(path, "--once", env={"DROPZONE_FAILPOINTS": "embedded_pg_init=1"})
+    assert first.run() == -signal.SIGKILL
+    assert (state / "pg").exists() and not (state / "pg.ready").exists()
+    second = Daemon(path, "--once", env={"DROPZONE_FAILPOINTS": "mlflow_store_init=1"})
+    assert second.run() == -signal.SIGKILL
+    assert list(state.glob(".mlflow.db.init-*")) and not (state / "mlflow.db").exists()
+    codes = [kill_after(Daemon(path, "--once"), delay) for delay in (0.4, 1.5, 3.0)]
+    assert codes.count(-signal.SIGKILL) >= 2, codes
+    final = Daemon(path, "--once")
+    assert final.run() == 0, final.output()[-3000:]
+    assert_exactly_once(Sinks(path), texts, tmp_path / "var" / "done" / "documents")
