@@ -206,6 +206,7 @@ class PipelineSettings(Frozen):
     rescan_s: float = Field(60.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
     drain_grace_s: float = Field(30.0, ge=0)
+    outage_wait_s: float = Field(300.0, ge=0)  # --once: how long to wait out a dependency
 
 
 class Settings(Frozen):

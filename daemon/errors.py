@@ -11,6 +11,8 @@ from __future__ import annotations
 class DaemonError(Exception):
     """Base of every error the daemon raises on purpose."""
 
+    dependency: str | None = None  # "objects", "postgres" or "mlflow" when one of them failed
+
 
 class ConfigError(DaemonError):
     """The configuration is unusable; each problem is `key.path: reason`."""
@@ -25,7 +27,18 @@ class TransientError(DaemonError):
 
 
 class PermanentError(DaemonError):
-    """Retrying cannot help: bad input, missing permission, missing bucket."""
+    """Retrying cannot help: bad input, a file too large, a file that cannot be read."""
+
+
+class Misconfigured(PermanentError):
+    """The dependency refuses every request (no such bucket, access denied, bad password).
+
+    Not the file's fault: files wait, untouched, until the configuration is fixed.
+    """
+
+
+class DependencyDown(TransientError):
+    """The dependency is known to be down; the call was not even tried."""
 
 
 class DependencyError(DaemonError):

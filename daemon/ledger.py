@@ -112,9 +112,11 @@ class Ledger:
         if stage in WORK_STAGES:
             self.wakeup.set()
 
-    async def retry_later(self, row: FileRow, error: str, delay_s: float) -> None:
+    async def retry_later(self, row: FileRow, error: str, delay_s: float,
+                          counts: bool = True) -> None:
+        """Try again in `delay_s`; `counts=False` when a dependency, not the file, failed."""
         attempts = await self.sessions.fetchval(sql("retry_later"), row.id, self.owner, error,
-                                                delay_s)
+                                                delay_s, int(counts))
         if attempts is None:
             raise LeaseLost(f"file {row.id} was claimed by another worker")
         row.attempts, row.last_error = attempts, error

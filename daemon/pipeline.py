@@ -8,6 +8,7 @@ spent budget) quarantines the file. One canonical `file_processed` line is logge
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from daemon import failpoints
@@ -82,6 +83,13 @@ async def _failed(job: Job, env: Env, exc: Exception) -> None:
         log.error("stage_crashed", zone=job.row.zone, path=job.row.rel_path,
                   stage=job.row.stage, exc_info=exc)
     error = translate(exc, job.row.stage)
+    outage = env.sessions.outage(error)
+    if outage is not None:  # not the file's fault: it waits, its budget untouched
+        delay = min(60.0, max(1.0, outage.retry_at - time.monotonic())) * random.uniform(1, 1.5)
+        await env.ledger.retry_later(job.row, describe(error), delay, counts=False)
+        log.debug("file_waiting", zone=job.row.zone, path=job.row.rel_path,
+                  dependency=outage.name, retry_in_s=round(delay, 1))
+        return
     budget_left = job.row.attempts + 1 < env.settings.pipeline.max_attempts
     if isinstance(error, TransientError) and budget_left:
         delay = backoff_s(job.row.attempts, env)

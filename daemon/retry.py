@@ -10,6 +10,7 @@ multiply.
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,7 +26,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from daemon.errors import DaemonError, PermanentError, TransientError
+from daemon.errors import (
+    DaemonError,
+    DependencyDown,
+    Misconfigured,
+    PermanentError,
+    TransientError,
+)
 from daemon.logs import get_logger
 
 T = TypeVar("T")
@@ -37,6 +44,17 @@ TRANSIENT_S3_CODES = frozenset({
     "InternalError", "ServiceUnavailable", "Unavailable", "BadGateway", "GatewayTimeout",
     "OperationAborted", "PriorRequestNotComplete", "500", "502", "503", "504",
 })
+# the bucket, the credentials or the key policy is wrong: every request will fail the same way
+MISCONFIGURED_S3_CODES = frozenset({
+    "NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "InvalidBucketName", "AllAccessDisabled", "AccountProblem", "ExpiredToken", "InvalidToken",
+    "AuthorizationHeaderMalformed", "PermanentRedirect", "InvalidRequest",
+    "KMS.NotFoundException", "KMS.DisabledException", "KMS.AccessDeniedException",
+    "KMS.KMSInvalidStateException", "KMSAccessDenied",
+})
+# invalid authorization (bad password, no such role), insufficient privilege, undefined database
+MISCONFIGURED_SQLSTATES = ("28", "42501", "3D000")
+MISCONFIGURED_MLFLOW_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 # connection exception, transaction rollback (serialization, deadlock), insufficient resources
 # (too many connections), operator intervention (shutdown, cancel), system error
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
@@ -115,10 +133,23 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:1000]
 
 
+def is_misconfigured(exc: BaseException) -> bool:
+    """True when the dependency will refuse every request until someone fixes the setup."""
+    if isinstance(exc, boto.ClientError):
+        return exc.response.get("Error", {}).get("Code") in MISCONFIGURED_S3_CODES
+    if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "").startswith(MISCONFIGURED_SQLSTATES)
+    return str(getattr(exc, "error_code", "")) in MISCONFIGURED_MLFLOW_CODES
+
+
 def translate(exc: BaseException, what: str) -> DaemonError:
     """Wrap a driver error into our tree, naming the operation that failed."""
     if isinstance(exc, DaemonError):
         return exc
+    if is_misconfigured(exc):
+        return Misconfigured(f"{what}: {describe(exc)}")
     kind = TransientError if is_transient(exc) else PermanentError
     return kind(f"{what}: {describe(exc)}")
 
@@ -162,3 +193,57 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
 
 
 NO_RETRY = RetryPolicy(attempts=1, deadline_s=0.0)
+
+
+@dataclass
+class Breaker:
+    """Notices a dependency that is down or refusing, so files wait instead of spending their
+    retry budget; after a growing cool-down the next calls try again. One log line when it
+    opens, one when it closes."""
+
+    name: str
+    threshold: int = 3  # consecutive failed calls (each already retried) before it opens
+    cooldown_s: float = 2.0
+    max_cooldown_s: float = 60.0
+    failures: int = 0
+    since: float | None = None  # when it opened (monotonic)
+    retry_at: float = 0.0
+    refused: bool = False  # the dependency answered, and refuses everything (misconfigured)
+    reason: str = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self.since is not None
+
+    def down_s(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def check(self) -> None:
+        """Fail fast while open and cooling down."""
+        if self.since is not None and time.monotonic() < self.retry_at:
+            error = DependencyDown(f"{self.name} unavailable for {self.down_s():.0f} s: "
+                                   f"{self.reason}")
+            error.dependency = self.name
+            raise error
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning("dependency_recovered", dependency=self.name,
+                        down_s=round(self.down_s(), 1))
+        self.failures, self.since, self.refused = 0, None, False
+
+    def failed(self, error: DaemonError) -> None:
+        self.failures += 1
+        refused = isinstance(error, Misconfigured)
+        if self.failures < self.threshold and not refused:
+            return
+        opening = self.since is None
+        now = time.monotonic()
+        self.since, self.refused, self.reason = self.since or now, refused, str(error)
+        backoff = self.cooldown_s * 2 ** max(0, self.failures - self.threshold)
+        self.retry_at = now + min(self.max_cooldown_s, backoff)
+        if opening:
+            log.error("dependency_refuses" if refused else "dependency_down",
+                      dependency=self.name, error=str(error),
+                      effect="files wait in their zones; nothing is quarantined for this")
+

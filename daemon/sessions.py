@@ -21,14 +21,16 @@ import asyncpg
 
 from daemon.config import Settings
 from daemon.database import Database, server_facts
+from daemon.errors import DaemonError, Misconfigured, TransientError
 from daemon.objectstore import ObjectStore, PutResult, open_store
-from daemon.retry import RetryPolicy
+from daemon.retry import Breaker, RetryPolicy
 from daemon.tracking import Tracking
 
 T = TypeVar("T")
 EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
                      "embedding", "model")
 Connection: TypeAlias = asyncpg.Connection
+DEPENDENCIES = ("objects", "postgres", "mlflow")
 
 
 class Sessions:
@@ -43,6 +45,7 @@ class Sessions:
         self.db = Database(settings)
         self.tracking = Tracking(settings.mlflow, settings.state_dir)
         self._store: ObjectStore | None = None
+        self.breakers = {name: Breaker(name) for name in DEPENDENCIES}
 
     async def __aenter__(self) -> Sessions:
         try:
@@ -59,6 +62,28 @@ class Sessions:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self._stack.aclose()
 
+    async def _call(self, dependency: str, what: str, fn: Callable[..., Awaitable[T]],
+                    *args: Any) -> T:
+        """One call to a dependency: through its breaker, under its retry policy."""
+        breaker = self.breakers[dependency]
+        breaker.check()
+        policy = self.mlflow_policy if dependency == "mlflow" else self.policy
+        try:
+            result = await policy.call(what, fn, *args)
+        except DaemonError as exc:
+            exc.dependency = exc.dependency or dependency
+            if isinstance(exc, TransientError | Misconfigured):
+                breaker.failed(exc)
+            raise
+        breaker.succeeded()
+        return result
+
+    def outage(self, error: BaseException) -> Breaker | None:
+        """The open breaker behind an error, if the error came from a dependency that is down."""
+        name = getattr(error, "dependency", None)
+        breaker = self.breakers.get(name) if name else None
+        return breaker if breaker is not None and breaker.is_open else None
+
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
@@ -69,19 +94,19 @@ class Sessions:
 
     async def put_file(self, key: str, path: Path) -> PutResult:
         """Upload a file (multipart when large) to `key` under the configured prefix."""
-        return await self.policy.call(f"put {key}", self.store.put_file, key, path)
+        return await self._call("objects", f"put {key}", self.store.put_file, key, path)
 
     async def put_object(self, key: str, data: bytes) -> PutResult:
-        return await self.policy.call(f"put {key}", self.store.put_bytes, key, data)
+        return await self._call("objects", f"put {key}", self.store.put_bytes, key, data)
 
     async def get_object(self, key: str) -> bytes:
-        return await self.policy.call(f"get {key}", self.store.get, key)
+        return await self._call("objects", f"get {key}", self.store.get, key)
 
     async def delete_object(self, key: str) -> None:
-        await self.policy.call(f"delete {key}", self.store.delete, key)
+        await self._call("objects", f"delete {key}", self.store.delete, key)
 
     async def list_objects(self, prefix: str = "") -> list[str]:
-        return await self.policy.call(f"list {prefix}", self.store.list_keys, prefix)
+        return await self._call("objects", f"list {prefix}", self.store.list_keys, prefix)
 
     def object_url(self, key: str) -> str:
         return self.store.url(key)
@@ -90,17 +115,17 @@ class Sessions:
 
     async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """Rows of a parameterised query ($1, $2, ...), retried on transient errors."""
-        return await self.policy.call("postgres", self.db.pool.fetch, sql, *args)
+        return await self._call("postgres", "postgres", self.db.pool.fetch, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self.policy.call("postgres", self.db.pool.fetchval, sql, *args)
+        return await self._call("postgres", "postgres", self.db.pool.fetchval, sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
-        return await self.policy.call("postgres", self.db.pool.execute, sql, *args)
+        return await self._call("postgres", "postgres", self.db.pool.execute, sql, *args)
 
     async def transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run `fn(conn)` in one transaction; the whole unit is retried on transient errors."""
-        return await self.policy.call("postgres", self._in_transaction, fn)
+        return await self._call("postgres", "postgres", self._in_transaction, fn)
 
     async def _in_transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         async with self.db.pool.acquire() as conn, conn.transaction():
@@ -119,7 +144,7 @@ class Sessions:
 
     async def mlflow(self, fn: Callable[[Any, str], T], what: str = "mlflow") -> T:
         """Run `fn(client, experiment_id)` in the MLflow thread, with retries."""
-        return await self.mlflow_policy.call(what, self.tracking.call, fn)
+        return await self._call("mlflow", what, self.tracking.call, fn)
 
     async def log_mlflow_run(self, params: Mapping[str, Any], metrics: Mapping[str, float],
                              tags: Mapping[str, str] | None = None) -> str:
@@ -132,7 +157,7 @@ class Sessions:
         return await probe_store(self.store, self.policy)
 
     async def probe_database(self) -> dict[str, Any]:
-        return await self.policy.call("postgres", server_facts, self.db.pool)
+        return await self._call("postgres", "postgres", server_facts, self.db.pool)
 
     async def probe_mlflow(self) -> str:
         return await probe_mlflow(self.tracking, self.mlflow_policy)

@@ -19,7 +19,13 @@ from typing import Any
 from daemon import __version__, systemd
 from daemon.config import Settings
 from daemon.embedders import create as create_embedder
-from daemon.errors import ConfigError, DaemonError
+from daemon.errors import (
+    ConfigError,
+    DaemonError,
+    DependencyDown,
+    DependencyError,
+    TransientError,
+)
 from daemon.identity import this_process
 from daemon.ledger import FileRow, Ledger
 from daemon.logs import get_logger
@@ -40,6 +46,12 @@ async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def report_loop_error(event: str, exc: DaemonError, **fields: Any) -> None:
+    """A background loop failed once; it tries again. A known outage was logged already."""
+    level = log.debug if isinstance(exc, DependencyDown) else log.warning
+    level(event, error=str(exc), **fields)
 
 
 class Workers:
@@ -68,7 +80,7 @@ class Workers:
         try:
             return await self.env.ledger.claim(max(1, self.queue.maxsize - self.queue.qsize()))
         except DaemonError as exc:
-            log.warning("claim_failed", error=str(exc))
+            report_loop_error("claim_failed", exc)
             return []
 
     async def _feed(self) -> None:
@@ -130,16 +142,19 @@ class Tracker:
                     continue
             except DaemonError as exc:
                 failures += 1
-                log.warning("tracking_failed", error=str(exc), retry_in_s=min(60, 2**failures))
+                report_loop_error("tracking_failed", exc, retry_in_s=min(60, 2**failures))
                 await sleep_unless(stop, min(60, 2**failures))
                 continue
             await sleep_unless(stop, min(1.0, self.settings.window_s / 4))
 
     async def record_all(self, horizon: int) -> int:
         """Record every waiting file we can claim (for `--once`); returns how many still wait
-        (claimed by a live daemon, or by a dead one on another host whose lease must expire)."""
-        while await track_pending(self.env, 1_000_000_000):
-            pass
+        (MLflow is away, or a live daemon or a dead one elsewhere holds them)."""
+        try:
+            while await track_pending(self.env, 1_000_000_000):
+                pass
+        except TransientError as exc:
+            report_loop_error("tracking_failed", exc)
         return await self.env.ledger.untracked(horizon)
 
 
@@ -224,7 +239,7 @@ class Supervisor:
                     await ledger.heartbeat()
                     renewed = time.monotonic()
             except DaemonError as exc:
-                log.warning("lease_upkeep_failed", error=str(exc))
+                report_loop_error("lease_upkeep_failed", exc)
             await asyncio.sleep(min(5.0, renew_every))
 
     async def _shutdown(self, env: Env, workers: Workers) -> None:
@@ -255,10 +270,11 @@ class Supervisor:
         log.info("daemon_stopped", **env.counts)
         return EXIT_OK
 
-    async def _until_done(self, left: Callable[[], Awaitable[int]], what: str) -> bool:
+    async def _until_done(self, env: Env, left: Callable[[], Awaitable[int]], what: str) -> bool:
         """Poll until `left()` is 0, logging progress every 5 s; False if told to stop first."""
         mark, mark_left = time.monotonic(), None
         while not self.should_exit.is_set():
+            self._give_up_on_outages(env)
             now_left = await left()
             if not now_left:
                 return True
@@ -270,22 +286,31 @@ class Supervisor:
             await sleep_unless(self.should_exit, 0.1)
         return False
 
+    def _give_up_on_outages(self, env: Env) -> None:
+        """`--once` waits out a dependency for `outage_wait_s`, but not one that refuses."""
+        for breaker in env.sessions.breakers.values():
+            too_long = breaker.down_s() > self.settings.pipeline.outage_wait_s
+            if breaker.refused or too_long:
+                raise DependencyError(f"{breaker.name}: {breaker.reason}")
+
     async def _drain_once(self, env: Env) -> bool:
-        """Scan, store everything found, record it in MLflow, finish the files."""
+        """Scan, store everything found, record it in MLflow, finish the files. False if the
+        files could not be recorded (MLflow stayed away): they stay for the next run."""
         await Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s).run_once()
         horizon = await env.ledger.horizon()
-        if not await self._until_done(partial(env.ledger.unfinished, horizon, STORING), "storing"):
+        stored = partial(env.ledger.unfinished, horizon, STORING)
+        recorded = partial(Tracker(env).record_all, horizon)
+        finished = partial(env.ledger.unfinished, horizon, ("finish",))
+        if not await self._until_done(env, stored, "storing"):
             return True
         try:
-            await self._until_done(partial(Tracker(env).record_all, horizon), "recording")
-            tracked = True
-        except DaemonError as exc:
-            tracked = False
-            waiting = await env.ledger.untracked(horizon)
-            log.error("tracking_failed", error=str(exc), waiting=waiting,
+            await self._until_done(env, recorded, "recording")
+        except DependencyError as exc:
+            log.error("tracking_failed", error=str(exc), waiting=await recorded(),
                       hint="these files stay in their zone; the next run records them")
-        await self._until_done(partial(env.ledger.unfinished, horizon, ("finish",)), "finishing")
-        return tracked
+            return False
+        await self._until_done(env, finished, "finishing")
+        return True
 
     async def _run_once(self, env: Env) -> int:
         started, workers = time.monotonic(), Workers(env, self.settings.pipeline.workers)

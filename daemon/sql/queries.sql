@@ -43,8 +43,9 @@ UPDATE dz_files
 RETURNING id;
 
 -- name: retry_later
+-- $5 is 1 when the attempt counts against the file's budget, 0 when a dependency was down.
 UPDATE dz_files
-   SET attempts = attempts + 1, last_error = $3,
+   SET attempts = attempts + $5::int, last_error = $3,
        next_attempt_at = now() + make_interval(secs => $4),
        claimed_by = NULL, lease_until = NULL, updated_at = now()
  WHERE id = $1 AND claimed_by = $2
