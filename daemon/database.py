@@ -32,6 +32,7 @@ from daemon.retry import describe, is_transient
 
 log = get_logger("dropzone.database")
 SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
+SCHEMA_VERSION = 1  # schema.sql's version; bump it with every change to the schema
 EMBEDDED_DB = "dropzone"
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
@@ -109,6 +110,17 @@ async def _ensure_database(admin_uri: str, name: str) -> None:
         await conn.close()
 
 
+async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect, where failing to reach the server (a socket file missing during a
+    restart, a refused port) is a ConnectionError, never mistaken for a file error."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):
+            raise
+        raise ConnectionError(f"cannot reach postgres: {exc}") from exc
+
+
 def with_database(uri: str, name: str) -> str:
     """Swap the database in a pgserver URI (`postgresql://postgres:@/postgres?host=...`)."""
     head, _, tail = uri.partition("?")
@@ -170,14 +182,17 @@ class Database(AbstractAsyncContextManager["Database"]):
         return with_database(admin, EMBEDDED_DB)
 
     async def _prepare(self, uri: str, password: str | None) -> None:
-        """Create or check the schema on one connection, under an advisory lock."""
+        """Create the schema if it is missing or older, under an advisory lock; a schema already
+        current is only checked, so a role without DDL rights can run the daemon."""
         conn = await asyncpg.connect(uri, password=password,
                                      timeout=self.settings.database.connect_timeout_s)
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
-            self.vector = await _embedding_type(conn, self.settings.embedding.dim)
-            kind = f"vector({self.settings.embedding.dim})" if self.vector else "real[]"
-            await conn.execute(schema_sql(kind))
+            current = await _schema_version(conn) == SCHEMA_VERSION
+            self.vector = await _embedding_type(conn, self.settings.embedding.dim, current)
+            if not current:
+                kind = f"vector({self.settings.embedding.dim})" if self.vector else "real[]"
+                await conn.execute(schema_sql(kind))
         finally:
             await conn.close()
 
@@ -185,7 +200,7 @@ class Database(AbstractAsyncContextManager["Database"]):
         db = self.settings.database
         return await asyncpg.create_pool(
             uri, password=password, min_size=db.pool_min, max_size=db.pool_max,
-            timeout=db.connect_timeout_s, init=self._init_connection,
+            timeout=db.connect_timeout_s, init=self._init_connection, connect=connect,
             max_inactive_connection_lifetime=300,
         )
 
@@ -202,11 +217,17 @@ async def _column_type(conn: asyncpg.Connection) -> str | None:
         "WHERE attrelid = to_regclass('document_embeddings') AND attname = 'embedding'")
 
 
-async def _embedding_type(conn: asyncpg.Connection, dim: int) -> bool:
+async def _schema_version(conn: asyncpg.Connection) -> int | None:
+    if await conn.fetchval("SELECT to_regclass('dz_schema')") is None:
+        return None
+    return await conn.fetchval("SELECT max(version) FROM dz_schema")  # type: ignore[no-any-return]
+
+
+async def _embedding_type(conn: asyncpg.Connection, dim: int, current: bool) -> bool:
     """True for pgvector. An existing table decides; else pgvector when it can be installed."""
     existing = await _column_type(conn)
     if existing is None:
-        return await _try_vector_extension(conn)
+        return False if current else await _try_vector_extension(conn)
     if existing.startswith("vector") and existing != f"vector({dim})":
         raise ConfigError([f"embedding.dim: {dim}, but the database stores {existing}; "
                            "keep the dim or use a new database"])

@@ -83,12 +83,7 @@ async def _failed(job: Job, env: Env, exc: Exception) -> None:
         log.error("stage_crashed", zone=job.row.zone, path=job.row.rel_path,
                   stage=job.row.stage, exc_info=exc)
     error = translate(exc, job.row.stage)
-    outage = env.sessions.outage(error)
-    if outage is not None:  # not the file's fault: it waits, its budget untouched
-        delay = min(60.0, max(1.0, outage.retry_at - time.monotonic())) * random.uniform(1, 1.5)
-        await env.ledger.retry_later(job.row, describe(error), delay, counts=False)
-        log.debug("file_waiting", zone=job.row.zone, path=job.row.rel_path,
-                  dependency=outage.name, retry_in_s=round(delay, 1))
+    if await _wait_out_outage(job, env, error):
         return
     budget_left = job.row.attempts + 1 < env.settings.pipeline.max_attempts
     if isinstance(error, TransientError) and budget_left:
@@ -97,7 +92,24 @@ async def _failed(job: Job, env: Env, exc: Exception) -> None:
         log.warning("file_retry", zone=job.row.zone, path=job.row.rel_path, stage=job.row.stage,
                     attempts=job.row.attempts, retry_in_s=round(delay, 1), error=str(error))
         return
-    await finish.quarantine(job, env, str(error))
+    try:
+        await finish.quarantine(job, env, str(error))
+    except DaemonError as failure:  # the quarantine folder itself may be unwritable
+        if not await _wait_out_outage(job, env, failure):
+            raise
+
+
+async def _wait_out_outage(job: Job, env: Env, error: BaseException) -> bool:
+    """If `error` came from a dependency that is down, reschedule the file without spending
+    its retry budget (it is not the file's fault) and say True."""
+    outage = env.sessions.outage(error)
+    if outage is None:
+        return False
+    delay = min(60.0, max(1.0, outage.retry_at - time.monotonic())) * random.uniform(1, 1.5)
+    await env.ledger.retry_later(job.row, describe(error), delay, counts=False)
+    log.debug("file_waiting", zone=job.row.zone, path=job.row.rel_path,
+              dependency=outage.name, retry_in_s=round(delay, 1))
+    return True
 
 
 def report(job: Job, env: Env) -> None:

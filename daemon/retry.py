@@ -108,6 +108,8 @@ _RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
     (DaemonError, lambda exc: isinstance(exc, TransientError)),
     (boto.ClientError, _s3_is_transient),
     (asyncpg.exceptions.InterfaceError, _interface_is_transient),
+    # asyncpg's state machine confused by a connection lost mid-COPY: retry on a fresh one
+    (asyncpg.exceptions.InternalClientError, lambda exc: True),
     (asyncpg.PostgresError, _sqlstate_is_transient),
     ((*_TRANSIENT_BOTO, TimeoutError, ConnectionError), lambda exc: True),
     (OSError, _os_is_transient),
@@ -227,6 +229,8 @@ class Breaker:
             raise error
 
     def succeeded(self) -> None:
+        if self.since is not None and time.monotonic() < self.retry_at:
+            return  # a call that started before it opened proves nothing
         if self.since is not None:
             log.warning("dependency_recovered", dependency=self.name,
                         down_s=round(self.down_s(), 1))
@@ -240,8 +244,9 @@ class Breaker:
         opening = self.since is None
         now = time.monotonic()
         self.since, self.refused, self.reason = self.since or now, refused, str(error)
-        backoff = self.cooldown_s * 2 ** max(0, self.failures - self.threshold)
-        self.retry_at = now + min(self.max_cooldown_s, backoff)
+        # probe less often the longer it has been down (not the more callers failed at once)
+        cooldown = max(self.cooldown_s, (now - self.since) / 4)
+        self.retry_at = now + min(self.max_cooldown_s, 30.0 if refused else cooldown)
         if opening:
             log.error("dependency_refuses" if refused else "dependency_down",
                       dependency=self.name, error=str(error),

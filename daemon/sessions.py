@@ -9,6 +9,7 @@ it too (see README, "Sessions API").
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -23,14 +24,14 @@ from daemon.config import Settings
 from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
 from daemon.objectstore import ObjectStore, PutResult, open_store
-from daemon.retry import Breaker, RetryPolicy
+from daemon.retry import Breaker, RetryPolicy, describe
 from daemon.tracking import Tracking
 
 T = TypeVar("T")
 EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
                      "embedding", "model")
 Connection: TypeAlias = asyncpg.Connection
-DEPENDENCIES = ("objects", "postgres", "mlflow")
+DEPENDENCIES = ("objects", "postgres", "mlflow", "state")  # state: done/quarantine folders
 
 
 class Sessions:
@@ -78,6 +79,16 @@ class Sessions:
         breaker.succeeded()
         return result
 
+    async def on_disk(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking file work in a thread, under the `state` breaker: a full or read-only
+        disk makes files wait; a folder we may not write to is a configuration error."""
+        async def run() -> T:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except PermissionError as exc:
+                raise Misconfigured(f"{what}: {describe(exc)}") from exc
+        return await self._call("state", what, run)
+
     def outage(self, error: BaseException) -> Breaker | None:
         """The open breaker behind an error, if the error came from a dependency that is down."""
         name = getattr(error, "dependency", None)
@@ -115,17 +126,17 @@ class Sessions:
 
     async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """Rows of a parameterised query ($1, $2, ...), retried on transient errors."""
-        return await self._call("postgres", "postgres", self.db.pool.fetch, sql, *args)
+        return await self._call("postgres", "query", self.db.pool.fetch, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self._call("postgres", "postgres", self.db.pool.fetchval, sql, *args)
+        return await self._call("postgres", "query", self.db.pool.fetchval, sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
-        return await self._call("postgres", "postgres", self.db.pool.execute, sql, *args)
+        return await self._call("postgres", "query", self.db.pool.execute, sql, *args)
 
     async def transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run `fn(conn)` in one transaction; the whole unit is retried on transient errors."""
-        return await self._call("postgres", "postgres", self._in_transaction, fn)
+        return await self._call("postgres", "transaction", self._in_transaction, fn)
 
     async def _in_transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         async with self.db.pool.acquire() as conn, conn.transaction():
@@ -157,7 +168,7 @@ class Sessions:
         return await probe_store(self.store, self.policy)
 
     async def probe_database(self) -> dict[str, Any]:
-        return await self._call("postgres", "postgres", server_facts, self.db.pool)
+        return await self._call("postgres", "query", server_facts, self.db.pool)
 
     async def probe_mlflow(self) -> str:
         return await probe_mlflow(self.tracking, self.mlflow_policy)

@@ -30,6 +30,7 @@ from daemon.identity import this_process
 from daemon.ledger import FileRow, Ledger
 from daemon.logs import get_logger
 from daemon.pipeline import process, track_pending
+from daemon.retry import translate
 from daemon.sessions import Sessions
 from daemon.stages import Env
 from daemon.watcher import Watcher
@@ -62,6 +63,7 @@ class Workers:
         self.queue: asyncio.Queue[FileRow] = asyncio.Queue(maxsize=count)
         self.count = count
         self.busy = 0
+        self.stranded: set[int] = set()  # claims we could not record (Postgres was away)
         self.idle = asyncio.Event()
         self.idle.set()
         self.stop = asyncio.Event()
@@ -78,6 +80,9 @@ class Workers:
     async def _claim(self) -> list[FileRow]:
         self.env.ledger.wakeup.clear()
         try:
+            if self.stranded:  # give them back now rather than after their lease
+                await self.env.ledger.release(self.stranded)
+                self.stranded.clear()
             return await self.env.ledger.claim(max(1, self.queue.maxsize - self.queue.qsize()))
         except DaemonError as exc:
             report_loop_error("claim_failed", exc)
@@ -98,8 +103,10 @@ class Workers:
             self.idle.clear()
             try:
                 await process(row, self.env)
-            except Exception as exc:  # the ledger itself failed; the lease brings the file back
-                log.error("worker_failed", zone=row.zone, path=row.rel_path, error=str(exc))
+            except Exception as exc:  # the ledger itself failed: give the claim back later
+                self.stranded.add(row.id)
+                report_loop_error("worker_failed", translate(exc, "worker"), zone=row.zone,
+                                  path=row.rel_path)
             finally:
                 self.busy -= 1
                 if not self.busy:
@@ -275,7 +282,12 @@ class Supervisor:
         mark, mark_left = time.monotonic(), None
         while not self.should_exit.is_set():
             self._give_up_on_outages(env)
-            now_left = await left()
+            try:
+                now_left = await left()
+            except TransientError as exc:  # Postgres away: the breaker times the outage
+                report_loop_error("progress_unknown", exc)
+                await sleep_unless(self.should_exit, 1.0)
+                continue
             if not now_left:
                 return True
             if mark_left is None or time.monotonic() - mark >= 5:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,17 +41,56 @@ def s3_storage(endpoint: str, bucket: str, prefix: str = "dz") -> dict[str, Any]
 
 
 def write_config(folder: Path, *, zones: list[dict[str, Any]] | None = None,
-                 database: str = "embedded", **sections: Any) -> Path:
-    """A config file in `folder` (zones created under it); returns its path."""
+                 database: str | dict[str, Any] = "embedded", **sections: Any) -> Path:
+    """A config file in `folder` (zones created under it); returns its path. `database` is
+    a URL or a whole database section."""
     zones = zones or [{"name": "docs", "path": "zones/docs", "settle_ms": 200}]
     for zone in zones:
         (folder / zone["path"]).mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"state_dir": "var", "zones": zones, "database": {"url": database}}
+    section = database if isinstance(database, dict) else {"url": database}
+    data: dict[str, Any] = {"state_dir": "var", "zones": zones, "database": section}
     data["pipeline"] = {"workers": 4, "retry_base_s": 0.2, "lease_s": 30}
     data.update(sections)
     path = folder / "dropzone.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def s3_config(folder: Path, database_url: str | dict[str, Any], s3_endpoint: str, bucket: str,
+              **sections: Any) -> Path:
+    """A config on S3 (moto) and the test database, with a short MLflow window."""
+    sections.setdefault("mlflow", {"window_s": 0.5})
+    return write_config(folder, database=database_url, storage=s3_storage(s3_endpoint, bucket),
+                        **sections)
+
+
+def make_corpus(zone: Path, count: int, prefix: str = "batch") -> dict[str, str]:
+    """`count` small text files of different lengths under `zone/prefix/`."""
+    texts = {f"{prefix}/{i:04d}.txt": f"document {prefix} {i}\n\n" + f"word{i} " * (50 + i % 200)
+             for i in range(count)}
+    for name, text in texts.items():
+        (zone / name).parent.mkdir(parents=True, exist_ok=True)
+        (zone / name).write_text(text)
+    return texts
+
+
+def assert_exactly_once(sinks: Sinks, texts: dict[str, str], done: Path | None = None) -> None:
+    """One object, one document (each chunk once) and one MLflow record per distinct content,
+    nothing more; and, given the done folder, every source file in it."""
+    shas = {hashlib.sha256(t.encode()).hexdigest() for t in texts.values()}
+    docs = sinks.documents()
+    assert sorted(d["sha256"] for d in docs) == sorted(shas)
+    assert len(sinks.object_keys()) == len(shas)
+    records = Counter(r["sha256"] for r in sinks.mlflow_records()
+                      if r.get("status", "stored") == "stored")
+    assert set(records) == shas, "every stored content has an MLflow record"
+    assert set(records.values()) == {1}, "and only one"
+    assert all(d["mlflow_run_id"] for d in docs)
+    chunks = Counter((c["document_id"], c["chunk_index"]) for c in sinks.chunks())
+    assert set(chunks.values()) <= {1}
+    if done is not None:
+        moved = sorted(p.relative_to(done).as_posix() for p in done.rglob("*") if p.is_file())
+        assert moved == sorted(texts)
 
 
 def drop(zone_dir: Path, name: str, text: str) -> Path:
@@ -195,6 +236,10 @@ class Daemon:
             return next((e for e in self.events if e.get("event") == event and
                          all(e.get(k) == v for k, v in fields.items())), None)
         return wait_until(found, timeout_s, f"log event {event} {fields}")  # type: ignore[no-any-return]
+
+    def problems(self) -> list[dict[str, Any]]:
+        """Error lines, for assertion messages."""
+        return [e for e in self.events if e.get("level") == "error"]
 
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event]

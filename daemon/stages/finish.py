@@ -7,14 +7,17 @@ will bring it back. Moves never overwrite: a taken name gets `.1`, `.2`, ... bef
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 
 import daemon
 from daemon import failpoints
+from daemon.errors import DaemonError
 from daemon.files import free_path, is_version, move, write_json
+from daemon.logs import get_logger
 from daemon.stages import Env, Job, timed
+
+log = get_logger("dropzone.finish")
 
 
 def release_source(job: Job) -> str | None:
@@ -29,7 +32,7 @@ def release_source(job: Job) -> str | None:
 
 async def run(job: Job, env: Env) -> None:
     with timed(job, "finish"):
-        job.metadata["moved_to"] = await asyncio.to_thread(release_source, job)
+        job.metadata["moved_to"] = await env.sessions.on_disk("finish", release_source, job)
     failpoints.hit("after_move")
     await env.ledger.advance(job.row, "done", stage_ms=job.timings)
 
@@ -54,5 +57,18 @@ def quarantine_source(job: Job, reason: str) -> str | None:
 
 
 async def quarantine(job: Job, env: Env, reason: str) -> None:
-    job.metadata["quarantined_to"] = await asyncio.to_thread(quarantine_source, job, reason)
+    job.metadata["quarantined_to"] = await env.sessions.on_disk("quarantine", quarantine_source,
+                                                                job, reason)
+    await _delete_orphan(job, env)
     await env.ledger.quarantine(job.row, reason)
+
+
+async def _delete_orphan(job: Job, env: Env) -> None:
+    """A file quarantined after its upload leaves no object behind (best effort: the object
+    store may refuse deletes under a least-privilege policy; then it is logged)."""
+    if job.row.stage != "store" or not job.row.object_key:
+        return
+    try:
+        await env.sessions.delete_object(job.row.object_key)
+    except DaemonError as exc:
+        log.warning("orphan_object", key=job.row.object_key, error=str(exc))

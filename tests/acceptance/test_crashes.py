@@ -6,15 +6,13 @@ that must not be torn apart; other trials kill it from outside at random moments
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 
-from tests.helpers import REPO, Daemon, Sinks, drop, s3_storage, write_config
+from tests.helpers import REPO, Daemon, Sinks, assert_exactly_once, drop, s3_storage, write_config
 
 # (failpoint, on which pass to die): every window between two durable writes
 TRIALS = [
@@ -42,20 +40,6 @@ def kill_after(daemon: Daemon, delay_s: float) -> int:
     if daemon.process and daemon.process.poll() is None:
         daemon.signal(signal.SIGKILL)
     return daemon.wait(120)
-
-
-def assert_exactly_once(sinks: Sinks, texts: dict[str, str], done: Path) -> None:
-    shas = {hashlib.sha256(t.encode()).hexdigest() for t in texts.values()}
-    docs = sinks.documents()
-    assert sorted(d["sha256"] for d in docs) == sorted(shas)
-    assert len(sinks.object_keys()) == len(shas)
-    records = Counter(r["sha256"] for r in sinks.mlflow_records())
-    assert set(records) == shas, "every stored content has an MLflow record"
-    assert set(records.values()) == {1}, "and only one"
-    chunks = Counter((c["document_id"], c["chunk_index"]) for c in sinks.chunks())
-    assert set(chunks.values()) == {1}
-    assert {d["id"] for d in docs} == {doc for doc, _ in chunks}
-    assert sorted(p.relative_to(done).as_posix() for p in done.rglob("*.txt")) == sorted(texts)
 
 
 def test_kill_9_between_every_pair_of_writes(tmp_path: Path, database_url: str,

@@ -9,38 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
-from tests.helpers import REPO, Daemon, Sinks, drop, free_port, s3_storage, wait_until, write_config
-
-
-def s3_config(tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str,
-              **sections: Any) -> Path:
-    sections.setdefault("mlflow", {"window_s": 0.5})
-    return write_config(tmp_path, database=database_url, storage=s3_storage(s3_endpoint, bucket),
-                        **sections)
-
-
-def make_corpus(zone: Path, count: int) -> dict[str, str]:
-    texts = {f"batch/{i:04d}.txt": f"document {i}\n\n" + f"word{i} " * (50 + i % 200)
-             for i in range(count)}
-    for name, text in texts.items():
-        (zone / name).parent.mkdir(parents=True, exist_ok=True)
-        (zone / name).write_text(text)
-    return texts
-
-
-def assert_exactly_once(sinks: Sinks, texts: dict[str, str]) -> None:
-    """One object, one document and one MLflow record per distinct content; nothing more."""
-    shas = {hashlib.sha256(t.encode()).hexdigest() for t in texts.values()}
-    docs = sinks.documents()
-    assert sorted(d["sha256"] for d in docs) == sorted(shas)
-    assert len(sinks.object_keys()) == len(shas)
-    records = Counter(r["sha256"] for r in sinks.mlflow_records())
-    assert set(records) == shas and set(records.values()) == {1}
-    assert all(d["mlflow_run_id"] for d in docs)
+from tests.helpers import (
+    REPO,
+    Daemon,
+    Sinks,
+    assert_exactly_once,
+    drop,
+    free_port,
+    make_corpus,
+    s3_config,
+    wait_until,
+    write_config,
+)
 
 
 def test_files_dropped_while_running_are_processed(

@@ -49,6 +49,7 @@ class FakeRequestsConnectionError(OSError):
     (asyncpg.DataError("x"), False),
     (asyncpg.InterfaceError("connection is closed"), True),
     (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), False),
+    (asyncpg.exceptions.InternalClientError("cannot switch to state 15"), True),
     (ConnectionRefusedError(), True),
     (TimeoutError(), True),
     (OSError(errno.ENOSPC, "No space left on device"), True),
