@@ -262,11 +262,13 @@ class Supervisor:
     async def _run_daemon(self, env: Env) -> int:
         workers, stop_intake = Workers(env, self.settings.pipeline.workers), asyncio.Event()
         watcher = Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s)
+        watching = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             group.create_task(workers.run())
-            group.create_task(watcher.run(stop_intake))
+            group.create_task(watcher.run(stop_intake, watching))
             group.create_task(Tracker(env).run(stop_intake))
             leases = group.create_task(self._leases(env.ledger))
+            await watching.wait()
             systemd.notify("READY=1", f"STATUS=watching {len(self.settings.zones)} zone(s)")
             log.info("daemon_ready", zones=[z.name for z in self.settings.zones], owner=self.owner)
             await self.should_exit.wait()

@@ -211,26 +211,53 @@ class Watcher:
         while await self.settle_all():  # noqa: ASYNC110
             await asyncio.sleep(min(z.tick_s for z in self.zones))
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Daemon mode: watch every zone until `stop` is set."""
-        await self.scan_all()
+    async def run(self, stop: asyncio.Event, watching: asyncio.Event | None = None) -> None:
+        """Daemon mode: watch every zone until `stop` is set; `watching` is set once every
+        zone is watched and scanned (a file dropped after that cannot be missed)."""
         async with asyncio.TaskGroup() as group:
             for zone in self.zones:
                 group.create_task(self._watch(zone, stop))
+            await asyncio.sleep(0.1)  # each watch is set up in its task's first step
+            await self.scan_all()  # what arrived before the watches were up
+            if watching is not None:
+                watching.set()
             group.create_task(self._settle_loop(stop))
             group.create_task(self._rescan_loop(stop))
 
     async def _watch(self, zone: ZoneWatcher, stop: asyncio.Event) -> None:
+        """Watch one zone; if its folder goes away, say so, wait for it, and watch it again."""
+        while not stop.is_set():
+            if not zone.zone.path.is_dir():
+                await self._wait_for_folder(zone, stop)
+                continue
+            try:
+                await self._watch_folder(zone, _StopOrGone(stop))
+            except OSError as exc:  # the folder vanished while the watch was being set up
+                log.warning("watch_failed", zone=zone.zone.name, error=str(exc))
+                await _sleep_unless(stop, 1.0)
+
+    async def _watch_folder(self, zone: ZoneWatcher, until: _StopOrGone) -> None:
         from watchfiles import Change, awatch
 
         async for changes in awatch(zone.zone.path, watch_filter=None, debounce=50, step=20,
-                                    stop_event=stop, recursive=zone.zone.recursive,
+                                    stop_event=until, recursive=zone.zone.recursive,
                                     force_polling=zone.zone.poll or None,
                                     ignore_permission_denied=True):
             for change, raw in changes:
                 path = Path(raw)
                 if path.is_relative_to(zone.zone.path) and path != zone.zone.path:
                     zone.on_event(path, deleted=change == Change.deleted)
+            if not zone.zone.path.is_dir():
+                until.set()
+
+    async def _wait_for_folder(self, zone: ZoneWatcher, stop: asyncio.Event) -> None:
+        log.error("zone_missing", zone=zone.zone.name, path=str(zone.zone.path),
+                  effect="nothing is taken from this zone until its folder is back")
+        while not zone.zone.path.is_dir():
+            if await _sleep_unless(stop, 1.0):
+                return
+        log.warning("zone_back", zone=zone.zone.name, path=str(zone.zone.path))
+        await zone.rescan()
 
     async def _settle_loop(self, stop: asyncio.Event) -> None:
         tick = min(z.tick_s for z in self.zones)
@@ -244,6 +271,23 @@ class Watcher:
     async def _rescan_loop(self, stop: asyncio.Event) -> None:
         while not await _sleep_unless(stop, self.rescan_s):
             await self.scan_all()
+
+
+class _StopOrGone:
+    """A stop event for one zone's watch: the daemon stops, or the zone folder went away."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.gone = False
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.gone
+
+    def set(self) -> None:
+        self.gone = True
+
+    async def wait(self) -> None:
+        await self.stop.wait()
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
