@@ -64,7 +64,9 @@ class ZoneSettings(Frozen):
     recursive: bool = True
     settle_ms: int = Field(1000, ge=0, le=3_600_000)
     after: Literal["move", "delete", "keep"] = "move"
-    poll: bool = False  # for filesystems that send no events (NFS, SMB, some FUSE)
+    # events: inotify; poll: stat the tree every 300 ms (NFS, SMB, FUSE that send no events);
+    # rescan: only the periodic rescan (pipeline.rescan_s), for very large slow trees
+    watch: Literal["events", "poll", "rescan"] = "events"
     done_dir: Path
     quarantine_dir: Path
 
@@ -202,7 +204,7 @@ class PipelineSettings(Frozen):
     max_attempts: int = Field(8, ge=1, le=100)
     retry_base_s: float = Field(2.0, gt=0)
     retry_max_s: float = Field(300.0, gt=0)
-    lease_s: float = Field(300.0, ge=5)
+    lease_s: float = Field(60.0, ge=5)
     rescan_s: float = Field(60.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
     drain_grace_s: float = Field(30.0, ge=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -35,7 +36,7 @@ class FileRow:
 
     id: int
     zone: str
-    rel_path: str
+    rel_path: str  # as shown: bytes that are not UTF-8 appear as backslash escapes
     size_bytes: int
     mtime_ns: int
     stage: str = "hash"
@@ -52,6 +53,12 @@ class FileRow:
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime | None = None
+    rel_raw: bytes | None = None  # the exact name, when it is not valid UTF-8
+
+    @property
+    def fs_path(self) -> str:
+        """The path relative to the zone, as the filesystem knows it."""
+        return os.fsdecode(self.rel_raw) if self.rel_raw else self.rel_path
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> FileRow:
@@ -64,9 +71,15 @@ class FileRow:
 class Entry:
     """A file the watcher found ready: its path relative to the zone and its version."""
 
-    rel_path: str
+    rel_path: str  # as os.scandir gives it (undecodable bytes as surrogate escapes)
     size_bytes: int
     mtime_ns: int
+
+    def names(self) -> tuple[str, bytes | None]:
+        """(shown name, exact bytes if the name is not valid UTF-8)."""
+        raw = self.rel_path.encode("utf-8", "surrogateescape")
+        shown = raw.decode("utf-8", "backslashreplace")
+        return shown, (raw if shown != self.rel_path else None)
 
 
 class Ledger:
@@ -79,22 +92,33 @@ class Ledger:
         self.owner = owner
         self.lease_s = lease_s
         self.wakeup = asyncio.Event()
+        self.held: set[int] = set()  # claims this process knows it holds
+        self._claiming = 0  # claim queries in flight (their rows are not in `held` yet)
 
     async def discover(self, zone: str, entries: Sequence[Entry]) -> int:
         """Record ready file versions; returns how many were new."""
         if not entries:
             return 0
+        shown, raw = zip(*(e.names() for e in entries), strict=True)
         rows = await self.sessions.query(
-            sql("discover"), zone, [e.rel_path for e in entries],
-            [e.size_bytes for e in entries], [e.mtime_ns for e in entries])
+            sql("discover"), zone, list(shown), [e.size_bytes for e in entries],
+            [e.mtime_ns for e in entries], list(raw))
         if rows:
             self.wakeup.set()
         return len(rows)
 
+    async def _claim(self, name: str, *args: Any) -> list[FileRow]:
+        """Run a claiming query and remember what it took."""
+        self._claiming += 1
+        try:
+            rows = [FileRow.from_record(r) for r in await self.sessions.query(sql(name), *args)]
+        finally:
+            self._claiming -= 1
+        self.held.update(r.id for r in rows)
+        return rows
+
     async def claim(self, limit: int) -> list[FileRow]:
-        rows = await self.sessions.query(sql("claim"), self.owner, self.lease_s, self.zones,
-                                         limit)
-        return [FileRow.from_record(r) for r in rows]
+        return await self._claim("claim", self.owner, self.lease_s, self.zones, limit)
 
     async def advance(self, row: FileRow, stage: str, conn: asyncpg.Connection | None = None,
                       **outputs: Any) -> None:
@@ -111,6 +135,13 @@ class Ledger:
         _apply(row, stage=stage, stage_ms={**row.stage_ms, **stage_ms}, **outputs)
         if stage in WORK_STAGES:
             self.wakeup.set()
+        elif conn is None:  # inside a transaction it is not ours to forget until it commits
+            self.held.discard(row.id)
+
+    def let_go(self, row: FileRow) -> None:
+        """Forget a claim once the file has left the worker stages (after its commit)."""
+        if row.stage not in WORK_STAGES:
+            self.held.discard(row.id)
 
     async def retry_later(self, row: FileRow, error: str, delay_s: float,
                           counts: bool = True) -> None:
@@ -120,20 +151,35 @@ class Ledger:
         if attempts is None:
             raise LeaseLost(f"file {row.id} was claimed by another worker")
         row.attempts, row.last_error = attempts, error
+        self.held.discard(row.id)
 
     async def quarantine(self, row: FileRow, error: str) -> None:
         if await self.sessions.fetchval(sql("quarantine"), row.id, self.owner, error) is None:
             raise LeaseLost(f"file {row.id} was claimed by another worker")
+        self.held.discard(row.id)
         _apply(row, stage="quarantined", outcome="quarantined", last_error=error)
 
     async def release(self, ids: Iterable[int]) -> None:
-        await self.sessions.execute(sql("release"), self.owner, list(ids))
+        ids = list(ids)
+        await self.sessions.execute(sql("release"), self.owner, ids)
+        self.held.difference_update(ids)
 
     async def release_all(self) -> None:
         await self.sessions.execute(sql("release_owner"), self.owner)
+        self.held.clear()
 
     async def heartbeat(self) -> None:
-        await self.sessions.execute(sql("heartbeat"), self.owner, self.lease_s)
+        await self.sessions.execute(sql("heartbeat"), self.owner, self.lease_s, list(self.held))
+
+    async def release_strays(self) -> int:
+        """Hand back claims recorded for us whose reply we never got (a connection broke)."""
+        if self._claiming:
+            return 0
+        rows = await self.sessions.query(sql("release_strays"), self.owner, list(self.held))
+        if rows:
+            log.warning("stray_claims_released", files=len(rows))
+            self.wakeup.set()
+        return len(rows)
 
     async def own_content(self, row: FileRow, sha256: str) -> str | None:
         """None when this version now owns its content; else the owner's path (a duplicate)."""
@@ -149,15 +195,15 @@ class Ledger:
 
     async def claim_batch(self, limit: int) -> list[FileRow]:
         """A batch to record: first one whose tracker died, else up to `limit` new files."""
-        rows = await self.sessions.query(sql("claim_orphan_batch"), self.owner, self.lease_s,
-                                         self.zones)
+        rows = await self._claim("claim_orphan_batch", self.owner, self.lease_s, self.zones)
         if not rows:
-            rows = await self.sessions.query(sql("claim_new_batch"), self.owner, self.lease_s,
-                                             self.zones, uuid.uuid4(), limit)
-        return sorted((FileRow.from_record(r) for r in rows), key=lambda r: r.id)
+            rows = await self._claim("claim_new_batch", self.owner, self.lease_s, self.zones,
+                                     uuid.uuid4(), limit)
+        return sorted(rows, key=lambda r: r.id)
 
     async def tracked(self, ids: Sequence[int], run_id: str | None) -> None:
         await self.sessions.execute(sql("tracked"), self.owner, list(ids), run_id)
+        self.held.difference_update(ids)
         self.wakeup.set()
 
     async def unfinished(self, horizon: int, stages: Sequence[str]) -> int:

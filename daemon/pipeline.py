@@ -40,6 +40,7 @@ async def process(row: FileRow, env: Env) -> None:
         return
     except Exception as exc:
         await _failed(job, env, exc)
+    env.ledger.let_go(job.row)
     if job.row.stage in TERMINAL:
         report(job, env)
 

@@ -93,11 +93,6 @@ def _sqlstate_is_transient(exc: BaseException) -> bool:
     return str(getattr(exc, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATE_CLASSES)
 
 
-def _interface_is_transient(exc: BaseException) -> bool:
-    """asyncpg's client-side errors: only a dropped connection is worth another try."""
-    return "connection" in str(exc).lower() or "closed" in str(exc).lower()
-
-
 def _os_is_transient(exc: BaseException) -> bool:
     """Disk full or read-only: an operator can fix it; requests' errors are OSErrors too."""
     return getattr(exc, "errno", None) in TRANSIENT_ERRNOS or _foreign_is_transient(exc)
@@ -107,9 +102,11 @@ _RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
                     Callable[[Any], bool]], ...] = (
     (DaemonError, lambda exc: isinstance(exc, TransientError)),
     (boto.ClientError, _s3_is_transient),
-    (asyncpg.exceptions.InterfaceError, _interface_is_transient),
-    # asyncpg's state machine confused by a connection lost mid-COPY: retry on a fresh one
-    (asyncpg.exceptions.InternalClientError, lambda exc: True),
+    # asyncpg's client-side errors come from a connection that broke (its state machine left
+    # "in progress" by a connection lost mid-COPY, say): retry on a fresh connection. We never
+    # share a connection between tasks, so they are not the programming errors they can be.
+    ((asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError),
+     lambda exc: True),
     (asyncpg.PostgresError, _sqlstate_is_transient),
     ((*_TRANSIENT_BOTO, TimeoutError, ConnectionError), lambda exc: True),
     (OSError, _os_is_transient),

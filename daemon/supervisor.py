@@ -242,6 +242,7 @@ class Supervisor:
         while True:
             try:
                 await ledger.reap_dead()
+                await ledger.release_strays()
                 if time.monotonic() - renewed >= renew_every:
                     await ledger.heartbeat()
                     renewed = time.monotonic()

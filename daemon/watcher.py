@@ -90,8 +90,18 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def scan(zone: ZoneSettings, start: Path | None = None) -> Iterator[tuple[str, Version]]:
-    """Every regular file the zone accepts, below `start` (default: the whole zone)."""
+_KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISCHR, "a device"))
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def scan(zone: ZoneSettings, start: Path | None = None,
+         skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, Version]]:
+    """Every regular file the zone accepts, below `start` (default: the whole zone). Links,
+    FIFOs, sockets and devices are never opened or followed; they go to `skipped`."""
     stack = [start or zone.path]
     while stack:
         for entry in _entries(stack.pop()):
@@ -100,20 +110,13 @@ def scan(zone: ZoneSettings, start: Path | None = None) -> Iterator[tuple[str, V
             if entry.is_dir(follow_symlinks=False):
                 if zone.recursive and not _skipped_dir(zone, path, rel):
                     stack.append(path)
-            elif entry.is_file(follow_symlinks=False) and accepts(zone, rel) and _encodable(rel):
+            elif not accepts(zone, rel):
+                continue
+            elif entry.is_file(follow_symlinks=False):
                 st = entry.stat(follow_symlinks=False)
                 yield rel, (st.st_size, st.st_mtime_ns)
-
-
-def _encodable(rel: str) -> bool:
-    """Names that are not valid UTF-8 cannot be recorded yet; say so instead of crashing."""
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        log.warning("file_skipped", path=rel.encode("utf-8", "backslashreplace").decode(),
-                    reason="file name is not valid UTF-8")
-        return False
-    return True
+            elif skipped is not None:
+                skipped.append((rel, kind_of(entry.stat(follow_symlinks=False).st_mode)))
 
 
 def _version(path: Path) -> Version | None:
@@ -132,6 +135,15 @@ class ZoneWatcher:
         self.ledger = ledger
         self.settler = Settler(zone.settle_ms / 1000)
         self.known: dict[str, Version] = {}  # discovered versions still in the zone
+        self._reported: set[str] = set()  # special files already logged
+
+    def report_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """One log line per special file, the first time it is seen."""
+        for rel, kind in skipped:
+            if rel not in self._reported:
+                self._reported.add(rel)
+                log.warning("file_skipped", zone=self.zone.name, path=rel, reason=f"{kind}; "
+                            "only regular files are taken and links are never followed")
 
     def offer(self, rel: str, version: Version) -> None:
         """A file seen by a scan or an event; ignored if this version is already recorded."""
@@ -139,7 +151,9 @@ class ZoneWatcher:
             self.settler.observe(rel, version, time.time())
 
     async def rescan(self) -> None:
-        found = dict(await asyncio.to_thread(lambda: list(scan(self.zone))))
+        skipped: list[tuple[str, str]] = []
+        found = dict(await asyncio.to_thread(lambda: list(scan(self.zone, None, skipped))))
+        self.report_skipped(skipped)
         self.known = {rel: v for rel, v in self.known.items() if found.get(rel) == v}
         for rel, version in found.items():
             self.offer(rel, version)
@@ -178,12 +192,22 @@ class ZoneWatcher:
             self.settler.forget(rel)
             self.known.pop(rel, None)
         elif path.is_dir() and not path.is_symlink():
-            for sub, version in scan(self.zone, path):
+            skipped: list[tuple[str, str]] = []
+            for sub, version in scan(self.zone, path, skipped):
                 self.offer(sub, version)
-        elif accepts(self.zone, rel) and _encodable(rel):
-            found = _version(path)
-            if found is not None:
-                self.offer(rel, found)
+            self.report_skipped(skipped)
+        elif accepts(self.zone, rel):
+            self._offer_path(path, rel)
+
+    def _offer_path(self, path: Path, rel: str) -> None:
+        try:
+            st = path.lstat()
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            self.offer(rel, (st.st_size, st.st_mtime_ns))
+        else:
+            self.report_skipped([(rel, kind_of(st.st_mode))])
 
     @property
     def tick_s(self) -> float:
@@ -226,7 +250,7 @@ class Watcher:
 
     async def _watch(self, zone: ZoneWatcher, stop: asyncio.Event) -> None:
         """Watch one zone; if its folder goes away, say so, wait for it, and watch it again."""
-        while not stop.is_set():
+        while not stop.is_set() and zone.zone.watch != "rescan":
             if not zone.zone.path.is_dir():
                 await self._wait_for_folder(zone, stop)
                 continue
@@ -241,7 +265,7 @@ class Watcher:
 
         async for changes in awatch(zone.zone.path, watch_filter=None, debounce=50, step=20,
                                     stop_event=until, recursive=zone.zone.recursive,
-                                    force_polling=zone.zone.poll or None,
+                                    force_polling=zone.zone.watch == "poll" or None,
                                     ignore_permission_denied=True):
             for change, raw in changes:
                 path = Path(raw)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import boto3
@@ -26,8 +27,25 @@ import yaml
 
 from daemon import config
 from daemon.config import Settings
+from tests.faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def proxy_for(url: str) -> FaultProxy:
+    """A proxy in front of an http:// or postgresql:// URL (TCP or pgserver's unix socket)."""
+    parts = urlsplit(url)
+    if parts.hostname:
+        return FaultProxy(parts.hostname, parts.port or 5432).start()
+    socket_dir = dict(p.split("=", 1) for p in parts.query.split("&"))["host"]
+    return FaultProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432").start()
+
+
+def via_proxy(database_url: str, proxy: FaultProxy) -> str:
+    """The same database, reached through the proxy over TCP."""
+    parts = urlsplit(database_url)
+    user = parts.username or "postgres"
+    return f"postgresql://{user}@127.0.0.1:{proxy.port}{parts.path}"
 
 
 def free_port() -> int:

@@ -3,8 +3,9 @@
 
 -- name: discover
 -- New file versions from the watcher; a version already known is left alone.
-INSERT INTO dz_files (zone, rel_path, size_bytes, mtime_ns)
-SELECT $1, p, s, m FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t (p, s, m)
+INSERT INTO dz_files (zone, rel_path, size_bytes, mtime_ns, rel_raw)
+SELECT $1, p, s, m, r FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bytea[])
+    AS t (p, s, m, r)
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -67,8 +68,15 @@ UPDATE dz_files SET claimed_by = NULL, lease_until = NULL
 UPDATE dz_files SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1;
 
 -- name: heartbeat
+-- Renew the claims this process knows it holds (not ones whose claim reply was lost).
 UPDATE dz_files SET lease_until = now() + make_interval(secs => $2)
- WHERE claimed_by = $1;
+ WHERE claimed_by = $1 AND id = ANY($3::bigint[]);
+
+-- name: release_strays
+-- Claims recorded for us whose reply never reached us (the connection broke): hand them back.
+UPDATE dz_files SET claimed_by = NULL, lease_until = NULL
+ WHERE claimed_by = $1 AND NOT (id = ANY($2::bigint[]))
+RETURNING id;
 
 -- name: own_content
 -- The first version of a content in a zone owns it; a quarantined or vanished owner is replaced.

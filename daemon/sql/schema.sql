@@ -1,5 +1,5 @@
--- dropzone schema, version 1. Created by the daemon at start, under an advisory lock, so any number
--- of daemons may start at once. {embedding_type} is `vector(<dim>)` with pgvector, else `real[]`.
+-- dropzone schema. Created (or brought up to date: every statement is idempotent) by the daemon
+-- at start, under an advisory lock, so any number of daemons may start at once. {embedding_type} is `vector(<dim>)` with pgvector, else `real[]`.
 
 CREATE TABLE IF NOT EXISTS dz_schema (
     version     integer PRIMARY KEY,
@@ -82,3 +82,8 @@ CREATE TABLE IF NOT EXISTS dz_contents (
 );
 
 INSERT INTO dz_schema (version) VALUES (1) ON CONFLICT DO NOTHING;
+
+-- version 2: file names that are not valid UTF-8 keep their exact bytes (rel_path shows them
+-- with backslash escapes).
+ALTER TABLE dz_files ADD COLUMN IF NOT EXISTS rel_raw bytea;
+INSERT INTO dz_schema (version) VALUES (2) ON CONFLICT DO NOTHING;

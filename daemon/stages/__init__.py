@@ -56,7 +56,7 @@ class Job:
 
     @property
     def source(self) -> Path:
-        return self.zone.path / self.row.rel_path
+        return self.zone.path / self.row.fs_path
 
     @property
     def version(self) -> tuple[int, int]:

@@ -27,7 +27,7 @@ def release_source(job: Job) -> str | None:
     if job.zone.after == "delete":
         job.source.unlink(missing_ok=True)
         return None
-    return str(move(job.source, job.zone.done_dir / job.row.rel_path))
+    return str(move(job.source, job.zone.done_dir / job.row.fs_path))
 
 
 async def run(job: Job, env: Env) -> None:
@@ -51,7 +51,7 @@ def quarantine_source(job: Job, reason: str) -> str | None:
     """Move the file to the zone's quarantine folder with `<name>.error.json` beside it."""
     if not is_version(job.source, job.version):
         return None
-    final = free_path(job.zone.quarantine_dir / job.row.rel_path)
+    final = free_path(job.zone.quarantine_dir / job.row.fs_path)
     write_json(Path(f"{final}.error.json"), error_report(job, reason))  # the reason first
     return str(move(job.source, final))
 

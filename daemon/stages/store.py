@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import PurePosixPath
 from typing import Any
 
 import asyncpg
@@ -42,7 +43,7 @@ async def _store(job: Job, env: Env, before: dict[str, float], start: float,
 async def _document(conn: asyncpg.Connection, job: Job, env: Env) -> tuple[int, int, bool]:
     """(id, chunks already stored, inserted now) of this content's document."""
     row, key = job.row, job.row.object_key or ""
-    job.metadata.update(name=job.source.name, embedding_model=env.embedder.name)
+    job.metadata.update(name=PurePosixPath(row.rel_path).name, embedding_model=env.embedder.name)
     doc_id = await conn.fetchval(
         sql("insert_document"), row.zone, job.zone.doc_type, row.rel_path,
         env.sessions.object_url(key), row.sha256, row.size_bytes, content_type(key),

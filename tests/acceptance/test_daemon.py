@@ -62,14 +62,14 @@ def slow_writer(path: Path, pieces: int, every_s: float) -> str:
 
 def test_a_slow_writer_is_not_picked_up_half_written(
         tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
-    """A file written in pieces for 3 s (settle 1 s) is stored once, complete."""
+    """A file written in pieces for 10 s (settle 1 s) is stored once, complete."""
     zones = [{"name": "docs", "path": "zones/docs", "settle_ms": 1000}]
     path = s3_config(tmp_path, database_url, s3_endpoint, bucket, zones=zones)
     target = tmp_path / "zones" / "docs" / "slow.log"
     with Daemon(path) as daemon:
         daemon.wait_for("daemon_ready", 120)
         result: list[str] = []
-        writer = threading.Thread(target=lambda: result.append(slow_writer(target, 10, 0.3)))
+        writer = threading.Thread(target=lambda: result.append(slow_writer(target, 20, 0.5)))
         writer.start()
         writer.join()
         daemon.wait_for("file_processed", 60, path="slow.log")

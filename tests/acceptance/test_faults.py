@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -27,27 +26,13 @@ from tests.helpers import (
     Sinks,
     assert_exactly_once,
     make_corpus,
+    proxy_for,
     s3_config,
     s3_storage,
+    via_proxy,
     wait_until,
     write_config,
 )
-
-
-def proxy_for(url: str) -> FaultProxy:
-    """A proxy in front of an http:// or postgresql:// URL (TCP or pgserver's unix socket)."""
-    parts = urlsplit(url)
-    if parts.hostname:
-        return FaultProxy(parts.hostname, parts.port or 5432).start()
-    socket_dir = dict(p.split("=", 1) for p in parts.query.split("&"))["host"]
-    return FaultProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432").start()
-
-
-def via_proxy(database_url: str, proxy: FaultProxy) -> str:
-    """The same database, reached through the proxy over TCP."""
-    parts = urlsplit(database_url)
-    user = parts.username or "postgres"
-    return f"postgresql://{user}@127.0.0.1:{proxy.port}{parts.path}"
 
 
 @pytest.fixture
@@ -272,3 +257,28 @@ def test_mlflow_down_then_back(tmp_path: Path, database_url: str, s3_endpoint: s
         assert not list(zone.rglob("*.txt"))
     finally:
         proxy.stop()
+
+
+def test_the_documented_least_privilege_role_is_enough(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """With the schema made by an owner, a role holding only the grants in docs/security.md
+    runs a whole --once."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    assert Daemon(path, "--once").run() == 0  # the owner creates the schema
+    role, database = f"dz_{uuid.uuid4().hex[:8]}", database_url.split("?")[0].rsplit("/", 1)[1]
+    sql(database_url, f"CREATE ROLE {role} LOGIN",
+        f'GRANT CONNECT ON DATABASE "{database}" TO {role}',
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT SELECT ON dz_schema TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON documents, document_embeddings, dz_files, dz_contents "
+        f"TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    limited = database_url.replace("postgres@", f"{role}@").replace("postgres:@", f"{role}:@")
+    try:
+        path = s3_config(tmp_path, limited, s3_endpoint, bucket)
+        texts = make_corpus(tmp_path / "zones" / "docs", 10)
+        daemon = Daemon(path, "--once")
+        assert daemon.run() == 0, daemon.problems()
+        assert_exactly_once(Sinks(path), texts)
+    finally:
+        sql(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")

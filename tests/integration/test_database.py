@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.database import Database
+from daemon.database import SCHEMA_VERSION, Database
 from daemon.errors import ConfigError
 from tests.helpers import settings_for
 
@@ -46,7 +46,8 @@ async def test_many_daemons_can_create_the_schema_at_once(
 
     async def start() -> bool:
         async with Database(settings) as db:
-            return bool(await db.pool.fetchval("SELECT max(version) = 1 FROM dz_schema"))
+            return bool(await db.pool.fetchval("SELECT max(version) = $1 FROM dz_schema",
+                                               SCHEMA_VERSION))
 
     assert await asyncio.gather(*(start() for _ in range(4))) == [True] * 4
 

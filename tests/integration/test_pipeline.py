@@ -132,3 +132,24 @@ async def test_replayed_stages_change_nothing(
     sinks.query("UPDATE dz_files SET stage = 'upload' WHERE outcome = 'stored'")
     assert await Supervisor(settings, once=True).serve() == 0
     assert (sinks.object_keys(), len(sinks.documents()), len(sinks.chunks())) == before
+
+
+async def test_a_file_deleted_before_it_is_read_ends_as_vanished(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """A recorded file that is gone when its turn comes: outcome vanished, nothing stored."""
+    from daemon.embedders import create
+    from daemon.ledger import Entry, Ledger
+    from daemon.pipeline import process
+    from daemon.sessions import Sessions
+    from daemon.stages import Env
+
+    path, settings = configure(tmp_path, database_url, s3_endpoint, bucket)
+    async with Sessions(settings) as sessions:
+        ledger = Ledger(sessions, ["docs"], "test", 30)
+        await ledger.discover("docs", [Entry("gone.txt", 10, 1)])
+        [row] = await ledger.claim(1)
+        env = Env(settings, sessions, ledger, create(settings.embedding))
+        await process(row, env)
+    assert (row.stage, row.outcome) == ("done", "vanished")
+    assert env.counts == {"vanished": 1}
+    assert Sinks(path).documents() == [] and Sinks(path).object_keys() == []

@@ -48,7 +48,7 @@ class FakeRequestsConnectionError(OSError):
     (asyncpg.InsufficientPrivilegeError("x"), False),
     (asyncpg.DataError("x"), False),
     (asyncpg.InterfaceError("connection is closed"), True),
-    (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), False),
+    (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), True),
     (asyncpg.exceptions.InternalClientError("cannot switch to state 15"), True),
     (ConnectionRefusedError(), True),
     (TimeoutError(), True),
