@@ -282,3 +282,20 @@ def test_the_documented_least_privilege_role_is_enough(
         assert_exactly_once(Sinks(path), texts)
     finally:
         sql(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_a_slow_then_stalled_s3_only_delays(tmp_path: Path, database_url: str, bucket: str,
+                                            s3_proxy: FaultProxy) -> None:
+    """S3 answering slowly, then not at all for 5 s mid-run, then normally: every file once."""
+    storage = s3_storage(f"http://127.0.0.1:{s3_proxy.port}", bucket)
+    path = write_config(tmp_path, database=database_url, storage=storage)
+    texts = make_corpus(tmp_path / "zones" / "docs", 60)
+    s3_proxy.set("slow", delay_s=0.02)
+    sinks = Sinks(path)
+    with Daemon(path, "--once") as daemon:
+        wait_until(lambda: len(sinks.documents()) >= 10, 120, "10 documents")
+        s3_proxy.set("stall")
+        time.sleep(5)
+        s3_proxy.set("pass")
+        assert daemon.wait(300) == 0, daemon.problems()
+    assert_exactly_once(sinks, texts)
