@@ -49,7 +49,8 @@ def test_kill_9_between_every_pair_of_writes(tmp_path: Path, database_url: str,
     per content, and every source in the done folder."""
     path = write_config(tmp_path, database=database_url, storage=s3_storage(s3_endpoint, bucket),
                         pipeline={"workers": 4, "lease_s": 5})
-    zone, texts, rng = tmp_path / "zones" / "docs", {}, random.Random(42)
+    zone, rng = tmp_path / "zones" / "docs", random.Random(42)
+    texts: dict[str, str] = {}
     outcomes = []
     for trial, (point, nth) in enumerate(TRIALS):
         add_files(zone, trial, 40, texts)

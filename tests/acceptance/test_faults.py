@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -114,6 +114,27 @@ def test_a_missing_bucket_is_refused_without_quarantining(
     assert sorted(p.relative_to(zone).as_posix() for p in zone.rglob("*.txt")) == sorted(texts)
 
 
+def hold(proxy: FaultProxy, fault: str, seconds: float = 5) -> Callable[[], None]:
+    """A disruption: `fault` on the proxy for `seconds`, then back to passing traffic."""
+    def disrupt() -> None:
+        proxy.set(fault)
+        time.sleep(seconds)
+        proxy.set("pass")
+    return disrupt
+
+
+def once_through(path: Path, texts: dict[str, str], after_docs: int,
+                 disrupt: Callable[[], None]) -> None:
+    """A --once that is disrupted once `after_docs` documents are stored must still exit 0
+    with every file once in every sink."""
+    sinks = Sinks(path)
+    with Daemon(path, "--once") as daemon:
+        wait_until(lambda: len(sinks.documents()) >= after_docs, 120, f"{after_docs} docs")
+        disrupt()
+        assert daemon.wait(300) == 0, daemon.problems()
+    assert_exactly_once(sinks, texts)
+
+
 def test_postgres_connections_cut_mid_run(tmp_path: Path, database_url: str, s3_endpoint: str,
                                           bucket: str) -> None:
     """Every Postgres connection reset, new ones refused for 5 s, mid-run: the pool recovers
@@ -122,33 +143,22 @@ def test_postgres_connections_cut_mid_run(tmp_path: Path, database_url: str, s3_
     try:
         path = s3_config(tmp_path, via_proxy(database_url, proxy), s3_endpoint, bucket)
         texts = make_corpus(tmp_path / "zones" / "docs", 150)
-        sinks = Sinks(path)
-        with Daemon(path, "--once") as daemon:
-            wait_until(lambda: len(sinks.documents()) >= 20, 120, "20 documents")
-            proxy.set("refuse")
-            time.sleep(5)
-            proxy.set("pass")
-            assert daemon.wait(300) == 0, daemon.problems()
-        assert_exactly_once(sinks, texts)
+        once_through(path, texts, 20, hold(proxy, "refuse"))
     finally:
         proxy.stop()
 
 
 def test_a_real_postgres_restart_mid_run(tmp_path: Path, s3_endpoint: str, bucket: str) -> None:
     """The embedded server is restarted (pg_ctl restart) while files are being stored."""
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
     admin = start_embedded(tmp_path / "pg-state")
     url = with_database(admin, "postgres")
     path = s3_config(tmp_path, url, s3_endpoint, bucket)
     texts = make_corpus(tmp_path / "zones" / "docs", 150)
-    sinks = Sinks(path)
-    with Daemon(path, "--once") as daemon:
-        wait_until(lambda: len(sinks.documents()) >= 20, 120, "20 documents")
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=tmp_path / "pg-state" / "pg",
-               user="pgserver" if os.geteuid() == 0 else None)
-        assert daemon.wait(300) == 0, daemon.problems()
-    assert_exactly_once(sinks, texts)
+    once_through(path, texts, 20, lambda: pg_ctl(
+        ["-w", "-m", "fast", "restart"], pgdata=tmp_path / "pg-state" / "pg",
+        user="pgserver" if os.geteuid() == 0 else None))
 
 
 def test_too_many_connections_are_waited_out(tmp_path: Path, database_url: str,
@@ -291,11 +301,4 @@ def test_a_slow_then_stalled_s3_only_delays(tmp_path: Path, database_url: str, b
     path = write_config(tmp_path, database=database_url, storage=storage)
     texts = make_corpus(tmp_path / "zones" / "docs", 60)
     s3_proxy.set("slow", delay_s=0.02)
-    sinks = Sinks(path)
-    with Daemon(path, "--once") as daemon:
-        wait_until(lambda: len(sinks.documents()) >= 10, 120, "10 documents")
-        s3_proxy.set("stall")
-        time.sleep(5)
-        s3_proxy.set("pass")
-        assert daemon.wait(300) == 0, daemon.problems()
-    assert_exactly_once(sinks, texts)
+    once_through(path, texts, 10, hold(s3_proxy, "stall"))

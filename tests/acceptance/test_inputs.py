@@ -189,6 +189,14 @@ def test_polled_and_rescan_only_zones_find_their_files(
         assert daemon.wait(60) == 0
 
 
+def burst(zone: Path, count: int) -> None:
+    """`count` small files, a thousand per folder, as fast as they can be written."""
+    for i in range(count):
+        path = zone / f"f{i // 1000}" / f"{i:05d}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"burst file {i}")
+
+
 def test_ten_thousand_files_at_once(tmp_path: Path, database_url: str) -> None:
     """10,000 files dropped at once into a running daemon: every one recorded in the ledger,
     memory stays bounded, and SIGTERM still drains promptly."""
@@ -199,15 +207,12 @@ def test_ten_thousand_files_at_once(tmp_path: Path, database_url: str) -> None:
         daemon.wait_for("daemon_ready", 120)
         assert daemon.process is not None
         proc = psutil.Process(daemon.process.pid)
-        writer = threading.Thread(target=lambda: [
-            (zone / f"f{i // 1000}" / f"{i:05d}.txt").parent.mkdir(exist_ok=True) or
-            (zone / f"f{i // 1000}" / f"{i:05d}.txt").write_text(f"burst file {i}")
-            for i in range(10_000)])
+        writer = threading.Thread(target=burst, args=(zone, 10_000))
         writer.start()
 
         def recorded() -> bool:
             peak[0] = max(peak[0], proc.memory_info().rss)
-            return sinks.query("SELECT count(*) AS n FROM dz_files")[0]["n"] == 10_000
+            return bool(sinks.query("SELECT count(*) AS n FROM dz_files")[0]["n"] == 10_000)
         wait_until(recorded, 180, "10,000 files in the ledger")
         writer.join()
         daemon.signal(signal.SIGTERM)
