@@ -199,7 +199,8 @@ class EmbeddingSettings(Frozen):
 class PipelineSettings(Frozen):
     """Concurrency, limits and the retry budget of the pipeline."""
 
-    workers: int = Field(8, ge=1, le=256)
+    workers: int = Field(8, ge=1, le=256)  # batches in flight at once
+    batch_files: int = Field(32, ge=1, le=1000)  # small files that go through a stage together
     max_file_bytes: ByteSize = ByteSize(5 * 1024**3)
     max_attempts: int = Field(8, ge=1, le=100)
     retry_base_s: float = Field(2.0, gt=0)

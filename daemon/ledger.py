@@ -28,6 +28,7 @@ from daemon.sessions import Sessions
 log = get_logger("dropzone.ledger")
 
 WORK_STAGES = ("hash", "upload", "store", "finish")
+OUTPUTS = ("outcome", "sha256", "object_key", "etag", "document_id", "chunks")
 
 
 @dataclass
@@ -120,23 +121,35 @@ class Ledger:
     async def claim(self, limit: int) -> list[FileRow]:
         return await self._claim("claim", self.owner, self.lease_s, self.zones, limit)
 
+    async def advance_many(self, moves: Sequence[tuple[FileRow, str]],
+                           conn: asyncpg.Connection | None = None) -> set[int]:
+        """Record what the stages put on these rows (sha256, object key, etag, document, chunks,
+        outcome, timings) and move each to its next stage, in one statement. Returns the ids
+        whose claim another worker holds now (those rows are left untouched)."""
+        if not moves:
+            return set()
+        rows = [row for row, _ in moves]
+        args = (self.owner, self.lease_s, [r.id for r in rows], [stage for _, stage in moves],
+                *([getattr(r, name) for r in rows] for name in OUTPUTS),
+                [json.dumps(r.stage_ms) for r in rows])
+        query = sql("advance")
+        done = {r["id"] for r in await (conn.fetch(query, *args) if conn is not None
+                                         else self.sessions.query(query, *args))}
+        for row, stage in moves:
+            if row.id in done:
+                row.stage = stage
+                if conn is None:  # inside a transaction it is not ours to forget until commit
+                    self.let_go(row)
+        if any(stage in WORK_STAGES for _, stage in moves):
+            self.wakeup.set()
+        return {r.id for r in rows} - done
+
     async def advance(self, row: FileRow, stage: str, conn: asyncpg.Connection | None = None,
                       **outputs: Any) -> None:
-        """Record a stage's outputs and move the file on to `stage`; raise LeaseLost if taken."""
-        stage_ms = outputs.pop("stage_ms", {})
-        args = (row.id, self.owner, stage, outputs.get("outcome"), outputs.get("sha256"),
-                outputs.get("object_key"), outputs.get("etag"), outputs.get("document_id"),
-                outputs.get("chunks"), json.dumps(stage_ms), self.lease_s)
-        query = sql("advance")
-        done = await (conn.fetchval(query, *args) if conn is not None
-                      else self.sessions.fetchval(query, *args))
-        if done is None:
+        """Put `outputs` on the row and move it on to `stage`; raise LeaseLost if it was taken."""
+        _apply(row, **outputs)
+        if await self.advance_many([(row, stage)], conn):
             raise LeaseLost(f"file {row.id} was claimed by another worker")
-        _apply(row, stage=stage, stage_ms={**row.stage_ms, **stage_ms}, **outputs)
-        if stage in WORK_STAGES:
-            self.wakeup.set()
-        elif conn is None:  # inside a transaction it is not ours to forget until it commits
-            self.held.discard(row.id)
 
     def let_go(self, row: FileRow) -> None:
         """Forget a claim once the file has left the worker stages (after its commit)."""
@@ -181,12 +194,21 @@ class Ledger:
             self.wakeup.set()
         return len(rows)
 
-    async def own_content(self, row: FileRow, sha256: str) -> str | None:
-        """None when this version now owns its content; else the owner's path (a duplicate)."""
-        if await self.sessions.fetchval(sql("own_content"), row.zone, sha256, row.id):
-            return None
-        owner = await self.sessions.query(sql("content_owner"), row.zone, sha256)
-        return str(owner[0]["rel_path"]) if owner else "?"
+    async def own_contents(self, rows: Sequence[FileRow]) -> dict[int, str]:
+        """Claim each row's content (`row.sha256`) in its zone for that row; returns, for the
+        rows that are duplicates, the path of the version that owns their content."""
+        first: dict[tuple[str, str | None], FileRow] = {}
+        for row in rows:
+            first.setdefault((row.zone, row.sha256), row)
+        zones, shas = [zone for zone, _ in first], [sha for _, sha in first]
+        owned = {r["file_id"] for r in await self.sessions.query(
+            sql("own_content"), zones, shas, [row.id for row in first.values()])}
+        if all(row.id in owned for row in rows):
+            return {}
+        found = await self.sessions.query(sql("content_owner"), zones, shas)
+        owner = {(f["zone"], f["sha256"]): f for f in found}
+        return {row.id: str(owner[row.zone, row.sha256]["rel_path"]) for row in rows
+                if owner[row.zone, row.sha256]["id"] != row.id}
 
     async def track_window(self) -> tuple[int, float]:
         """How many files wait for an MLflow record, and how long the oldest has waited."""

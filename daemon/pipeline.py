@@ -1,4 +1,4 @@
-"""Pipeline: runs the stages for a claimed file, and the track stage for a claimed batch.
+"""Pipeline: runs the stages for a claimed batch of files, and the track stage for a batch.
 
 A file resumes at the first stage its ledger row has not finished. Errors end here: transient
 ones schedule another attempt with backoff until the budget is spent, everything else (and a
@@ -16,7 +16,7 @@ from daemon.errors import DaemonError, FileVanished, LeaseLost, TransientError
 from daemon.ledger import FileRow
 from daemon.logs import get_logger
 from daemon.retry import describe, translate
-from daemon.stages import Env, Job, Stage, embed, extract, finish, store, track, upload
+from daemon.stages import Env, Job, Stage, embed, extract, finish, pending, store, track, upload
 from daemon.stages import hash as hash_stage
 
 log = get_logger("dropzone.pipeline")
@@ -30,29 +30,56 @@ PLAN: dict[str, tuple[Stage, ...]] = {
 TERMINAL = ("done", "quarantined")
 
 
-async def process(row: FileRow, env: Env) -> None:
-    """Take one claimed file as far as it can go now (to `track`, done, retry or quarantine)."""
-    job = Job(row, env.settings.zone(row.zone))
+async def process(rows: list[FileRow], env: Env) -> list[int]:
+    """Take a batch of claimed files as far as each can go now (to `track`, done, a retry or
+    quarantine), stage by stage, all files of a stage together. Returns the ids of files whose
+    outcome could not be recorded (the ledger was away): their claims are to be given back."""
+    jobs = [Job(row, env.settings.zone(row.zone)) for row in rows]
+    for stage in PLAN:  # hash -> upload -> store -> finish: one pass carries a file through
+        group = [job for job in pending(jobs) if job.row.stage == stage]
+        if group:
+            await _run_stage(stage, group, env)
+    stranded = []
+    for job in jobs:
+        try:
+            await _settle(job, env)
+        except Exception as exc:
+            stranded.append(job.row.id)
+            log.warning("outcome_not_recorded", zone=job.row.zone, path=job.row.rel_path,
+                        error=describe(exc))
+    return stranded
+
+
+async def _run_stage(stage: str, group: list[Job], env: Env) -> None:
+    """Run one stage for a group; if the group fails as a whole, run it file by file, so one
+    bad file cannot hold the others back."""
     try:
-        await _run_stages(job, env)
-    except LeaseLost as exc:
-        log.warning("lease_lost", zone=row.zone, path=row.rel_path, error=str(exc))
-        return
+        for step in PLAN[stage]:
+            await step(group, env)
     except Exception as exc:
-        await _failed(job, env, exc)
+        if len(group) == 1:
+            group[0].error = exc
+            return
+        for job in pending(group):
+            await _run_stage(stage, [job], env)
+        return
+    for job in pending(group):
+        if job.row.stage == stage:
+            job.error = RuntimeError(f"stage {stage} did not record its result")
+        else:
+            failpoints.hit(f"after_{stage}")
+
+
+async def _settle(job: Job, env: Env) -> None:
+    """A file's end of this round: its failure handled, its claim let go, its line logged."""
+    if isinstance(job.error, LeaseLost):
+        log.warning("lease_lost", zone=job.row.zone, path=job.row.rel_path, error=str(job.error))
+        return
+    if job.error is not None:
+        await _failed(job, env, job.error)
     env.ledger.let_go(job.row)
     if job.row.stage in TERMINAL:
         report(job, env)
-
-
-async def _run_stages(job: Job, env: Env) -> None:
-    while job.row.stage in PLAN:
-        stage = job.row.stage
-        for step in PLAN[stage]:
-            await step(job, env)
-        if job.row.stage == stage:
-            raise RuntimeError(f"stage {stage} did not record its result")
-        failpoints.hit(f"after_{stage}")
 
 
 def _vanished(exc: BaseException) -> FileVanished | None:
@@ -74,7 +101,7 @@ def backoff_s(attempts: int, env: Env) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
-async def _failed(job: Job, env: Env, exc: Exception) -> None:
+async def _failed(job: Job, env: Env, exc: BaseException) -> None:
     gone = _vanished(exc)
     if gone is not None:
         await env.ledger.advance(job.row, "done", outcome=gone.outcome)

@@ -30,13 +30,13 @@ from daemon.identity import this_process
 from daemon.ledger import FileRow, Ledger
 from daemon.logs import get_logger
 from daemon.pipeline import process, track_pending
-from daemon.retry import translate
 from daemon.sessions import Sessions
 from daemon.stages import Env
 from daemon.watcher import Watcher
 
 log = get_logger("dropzone.supervisor")
 STORING = ("hash", "upload", "store")
+LARGE_BYTES = 4 * 1024**2  # a file this large travels in a batch of its own
 EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -55,12 +55,20 @@ def report_loop_error(event: str, exc: DaemonError, **fields: Any) -> None:
     level(event, error=str(exc), **fields)
 
 
+def batches(rows: list[FileRow]) -> list[list[FileRow]]:
+    """Small files travel together; a large one alone, so it never holds small ones back."""
+    large = [[row] for row in rows if row.size_bytes > LARGE_BYTES]
+    small = [row for row in rows if row.size_bytes <= LARGE_BYTES]
+    return large + ([small] if small else [])
+
+
 class Workers:
-    """N workers fed from the ledger through a bounded queue: claims never outrun the workers."""
+    """N workers fed from the ledger through a bounded queue of batches: claims never outrun
+    the workers."""
 
     def __init__(self, env: Env, count: int) -> None:
         self.env = env
-        self.queue: asyncio.Queue[FileRow] = asyncio.Queue(maxsize=count)
+        self.queue: asyncio.Queue[list[FileRow]] = asyncio.Queue(maxsize=count)
         self.count = count
         self.busy = 0
         self.stranded: set[int] = set()  # claims we could not record (Postgres was away)
@@ -83,7 +91,7 @@ class Workers:
             if self.stranded:  # give them back now rather than after their lease
                 await self.env.ledger.release(self.stranded)
                 self.stranded.clear()
-            return await self.env.ledger.claim(max(1, self.queue.maxsize - self.queue.qsize()))
+            return await self.env.ledger.claim(self.env.settings.pipeline.batch_files)
         except DaemonError as exc:
             report_loop_error("claim_failed", exc)
             return []
@@ -91,22 +99,21 @@ class Workers:
     async def _feed(self) -> None:
         while True:
             rows = await self._claim()
-            for row in rows:
-                await self.queue.put(row)
+            for batch in batches(rows):
+                await self.queue.put(batch)
             if not rows:
                 await sleep_unless(self.env.ledger.wakeup, self.env.settings.pipeline.poll_s)
 
     async def _work(self) -> None:
         while True:
-            row = await self.queue.get()
+            batch = await self.queue.get()
             self.busy += 1
             self.idle.clear()
             try:
-                await process(row, self.env)
-            except Exception as exc:  # the ledger itself failed: give the claim back later
-                self.stranded.add(row.id)
-                report_loop_error("worker_failed", translate(exc, "worker"), zone=row.zone,
-                                  path=row.rel_path)
+                self.stranded.update(await process(batch, self.env))
+            except Exception as exc:  # a bug: give the claims back, say so, carry on
+                self.stranded.update(row.id for row in batch)
+                log.error("worker_failed", files=len(batch), exc_info=exc)
             finally:
                 self.busy -= 1
                 if not self.busy:
@@ -116,9 +123,9 @@ class Workers:
     async def drain(self, grace_s: float) -> int:
         """Stop claiming, give queued files back, wait for in-flight ones; returns how many
         had to be cancelled."""
-        queued = []
+        queued: list[int] = []
         while not self.queue.empty():
-            queued.append(self.queue.get_nowait().id)
+            queued.extend(row.id for row in self.queue.get_nowait())
             self.queue.task_done()
         await self.env.ledger.release(queued)
         await sleep_unless(self.idle, grace_s)

@@ -25,23 +25,27 @@ UPDATE dz_files AS f
 RETURNING f.*;
 
 -- name: advance
--- Record a stage's outputs and the next stage; only the claim holder may. Leaving the worker
--- stages (for track, done or quarantine) gives the claim back.
-UPDATE dz_files
-   SET stage = $3,
-       outcome = COALESCE($4, outcome),
-       sha256 = COALESCE($5, sha256),
-       object_key = COALESCE($6, object_key),
-       etag = COALESCE($7, etag),
-       document_id = COALESCE($8, document_id),
-       chunks = COALESCE($9, chunks),
-       stage_ms = stage_ms || $10::jsonb,
-       claimed_by = CASE WHEN $3 IN ('track', 'done') THEN NULL ELSE claimed_by END,
-       lease_until = CASE WHEN $3 IN ('track', 'done') THEN NULL
-                          ELSE now() + make_interval(secs => $11) END,
+-- Record stage results for many files at once: each row's next stage and outputs (NULL keeps
+-- what is there). Only the claim holder may; rows not returned were taken by someone else.
+-- Leaving the worker stages (for track or done) gives the claim back.
+UPDATE dz_files AS f
+   SET stage = v.stage,
+       outcome = COALESCE(v.outcome, f.outcome),
+       sha256 = COALESCE(v.sha256, f.sha256),
+       object_key = COALESCE(v.object_key, f.object_key),
+       etag = COALESCE(v.etag, f.etag),
+       document_id = COALESCE(v.document_id, f.document_id),
+       chunks = COALESCE(v.chunks, f.chunks),
+       stage_ms = f.stage_ms || v.stage_ms,
+       claimed_by = CASE WHEN v.stage IN ('track', 'done') THEN NULL ELSE f.claimed_by END,
+       lease_until = CASE WHEN v.stage IN ('track', 'done') THEN NULL
+                          ELSE now() + make_interval(secs => $2) END,
        updated_at = now()
- WHERE id = $1 AND claimed_by = $2
-RETURNING id;
+  FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+              $9::bigint[], $10::int[], $11::jsonb[])
+       AS v (id, stage, outcome, sha256, object_key, etag, document_id, chunks, stage_ms)
+ WHERE f.id = v.id AND f.claimed_by = $1
+RETURNING f.id;
 
 -- name: retry_later
 -- $5 is 1 when the attempt counts against the file's budget, 0 when a dependency was down.
@@ -80,8 +84,10 @@ RETURNING id;
 
 -- name: own_content
 -- The first version of a content in a zone owns it; a quarantined or vanished owner is replaced.
--- Returns a row only when $3 is (now) the owner.
-INSERT INTO dz_contents AS c (zone, sha256, file_id) VALUES ($1, $2, $3)
+-- Takes distinct (zone, sha256) pairs; returns the ids that are (now) owners.
+INSERT INTO dz_contents AS c (zone, sha256, file_id)
+SELECT zone, sha256, file_id FROM unnest($1::text[], $2::text[], $3::bigint[])
+    AS v (zone, sha256, file_id)
 ON CONFLICT (zone, sha256) DO UPDATE SET file_id = EXCLUDED.file_id
  WHERE c.file_id = EXCLUDED.file_id
     OR EXISTS (SELECT 1 FROM dz_files o
@@ -90,8 +96,11 @@ ON CONFLICT (zone, sha256) DO UPDATE SET file_id = EXCLUDED.file_id
 RETURNING file_id;
 
 -- name: content_owner
-SELECT f.id, f.rel_path FROM dz_contents c JOIN dz_files f ON f.id = c.file_id
- WHERE c.zone = $1 AND c.sha256 = $2;
+SELECT c.zone, c.sha256, f.id, f.rel_path
+  FROM dz_contents c
+  JOIN dz_files f ON f.id = c.file_id
+  JOIN unnest($1::text[], $2::text[]) AS k (zone, sha256)
+    ON k.zone = c.zone AND k.sha256 = c.sha256;
 
 -- name: track_window
 -- How much is waiting for an MLflow record, and for how long.
@@ -173,16 +182,19 @@ SELECT zone, stage, COALESCE(outcome, '') AS outcome, count(*) AS files,
 -- name: insert_document
 INSERT INTO documents (zone, doc_type, source_path, object_url, sha256, size_bytes,
                        content_type, metadata)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                     $7::text[], $8::jsonb[])
 ON CONFLICT (zone, sha256) DO NOTHING
-RETURNING id;
+RETURNING id, zone, sha256;
 
 -- name: find_document
-SELECT d.id,
+-- Documents that already exist for these contents, with how many chunks this model gave them.
+SELECT d.id, d.zone, d.sha256,
        (SELECT count(*) FROM document_embeddings e
          WHERE e.document_id = d.id AND e.model = $3) AS chunks
   FROM documents d
- WHERE d.zone = $1 AND d.sha256 = $2;
+  JOIN unnest($1::text[], $2::text[]) AS k (zone, sha256)
+    ON d.zone = k.zone AND d.sha256 = k.sha256;
 
 -- name: document_metadata
 UPDATE documents SET metadata = $2::jsonb WHERE id = $1;

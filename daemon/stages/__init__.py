@@ -7,6 +7,7 @@ handing what one produces (a text stream, a chunk stream) to the next through th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,6 +19,7 @@ from typing import Any
 from daemon.chunking import Chunk
 from daemon.config import Settings, ZoneSettings
 from daemon.embedders import Embedder
+from daemon.errors import LeaseLost
 from daemon.ledger import FileRow, Ledger
 from daemon.sessions import Sessions
 
@@ -46,13 +48,18 @@ class Env:
 
 @dataclass
 class Job:
-    """One claimed file on its way through the stages."""
+    """One claimed file on its way through the stages. Stages work on lists of jobs (a batch);
+    a job that fails on its own gets `error` set and drops out of the batch."""
 
     row: FileRow
     zone: ZoneSettings
     metadata: dict[str, Any] = field(default_factory=dict)
-    text: TextSource | None = None
-    chunks: ChunkSource | None = None
+    body: bytes | None = None  # the whole file, read once by `hash`, when it is small
+    text: str | None = None  # the whole text of a small file
+    text_stream: TextSource | None = None  # or, for a large file, a stream of blocks
+    chunks: list[EmbeddedChunk] | None = None  # a small file's chunks and vectors
+    chunk_stream: ChunkSource | None = None  # or a large file's, as a stream
+    error: BaseException | None = None
 
     @property
     def source(self) -> Path:
@@ -68,15 +75,43 @@ class Job:
         return self.row.stage_ms
 
 
-Stage = Callable[[Job, Env], Awaitable[None]]
+Stage = Callable[[list[Job], Env], Awaitable[None]]
+
+
+def pending(jobs: list[Job]) -> list[Job]:
+    """The jobs of a batch that have not failed."""
+    return [job for job in jobs if job.error is None]
 
 
 @contextmanager
-def timed(job: Job, stage: str) -> Iterator[None]:
-    """Add the time spent inside the block to the job's time for `stage`."""
+def timed(jobs: list[Job], stage: str) -> Iterator[None]:
+    """Add the time spent inside the block to each job's time for `stage`, shared out evenly
+    (a batch of 32 files uploaded in 40 ms costs each of them 1.25 ms)."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        elapsed = (time.perf_counter() - start) * 1000
-        job.timings[stage] = round(job.timings.get(stage, 0.0) + elapsed, 3)
+        share = (time.perf_counter() - start) * 1000 / max(1, len(jobs))
+        for job in jobs:
+            job.timings[stage] = round(job.timings.get(stage, 0.0) + share, 3)
+
+
+async def each(jobs: list[Job], work: Callable[[Job], Awaitable[None]]) -> None:
+    """Run `work` for every job at once; a failure is kept on its job, not raised."""
+    async def one(job: Job) -> None:
+        try:
+            await work(job)
+        except Exception as exc:
+            job.error = exc
+    await asyncio.gather(*(one(job) for job in jobs))
+
+
+async def advance(jobs: list[Job], env: Env, stage: str | Callable[[Job], str],
+                  conn: Any = None) -> None:
+    """Move every pending job on to its next stage in one ledger write; a job whose claim was
+    taken meanwhile gets LeaseLost."""
+    moves = [(job.row, stage(job) if callable(stage) else stage) for job in pending(jobs)]
+    lost = await env.ledger.advance_many(moves, conn)
+    for job in jobs:
+        if job.row.id in lost:
+            job.error = LeaseLost(f"file {job.row.id} was claimed by another worker")

@@ -59,10 +59,38 @@ class TagText(HTMLParser):
         return out
 
 
-async def run(job: Job, env: Env) -> None:
-    kind = KINDS.get(extension(job.row.rel_path))
-    job.metadata["extraction"] = kind or "unsupported"
-    job.text = None if kind is None else partial(read_text, job, kind)
+async def run(jobs: list[Job], env: Env) -> None:
+    """Small files are decoded now, together, off the event loop; large ones get a stream."""
+    for job in jobs:
+        job.metadata["extraction"] = KINDS.get(extension(job.row.rel_path), "unsupported")
+    readable = [job for job in jobs if job.metadata["extraction"] != "unsupported"]
+    small = [job for job in readable if job.body is not None]
+    with timed(small, "extract"):
+        await asyncio.to_thread(_extract_all, small)
+    for job in readable:
+        if job.body is None:
+            job.text_stream = partial(read_text, job, job.metadata["extraction"])
+
+
+def _extract_all(jobs: list[Job]) -> None:
+    for job in jobs:
+        try:
+            job.text = extract_body(job)
+        except Exception as exc:
+            job.error = exc
+
+
+def extract_body(job: Job) -> str | None:
+    """The text of a small file held in memory (None for binary)."""
+    body = job.body or b""
+    if b"\x00" in body[:BLOCK_BYTES]:
+        job.metadata["extraction"] = "binary"
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    parser = TagText() if job.metadata["extraction"] == "markup" else None
+    text = _decode(job, decoder, parser, body) + _decode(job, decoder, parser, b"")
+    job.metadata["chars"] = len(text)
+    return text
 
 
 def _decode(job: Job, decoder: codecs.IncrementalDecoder, parser: TagText | None,
@@ -75,14 +103,14 @@ def _decode(job: Job, decoder: codecs.IncrementalDecoder, parser: TagText | None
 
 
 async def read_text(job: Job, kind: str) -> AsyncIterator[str]:
-    """Decoded text of the file in blocks of about 1 MiB; binary files yield nothing."""
+    """Decoded text of a large file in blocks of about 1 MiB; binary files yield nothing."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
     parser = TagText() if kind == "markup" else None
     job.metadata["chars"] = 0
     with open_version(job.source, job.version) as handle:
         first = True
         while True:
-            with timed(job, "extract"):
+            with timed([job], "extract"):
                 block = await asyncio.to_thread(handle.read, BLOCK_BYTES)
                 if first and b"\x00" in block:
                     job.metadata["extraction"] = "binary"

@@ -15,7 +15,7 @@ from daemon import failpoints
 from daemon.errors import DaemonError
 from daemon.files import free_path, is_version, move, write_json
 from daemon.logs import get_logger
-from daemon.stages import Env, Job, timed
+from daemon.stages import Env, Job, advance, timed
 
 log = get_logger("dropzone.finish")
 
@@ -30,11 +30,18 @@ def release_source(job: Job) -> str | None:
     return str(move(job.source, job.zone.done_dir / job.row.fs_path))
 
 
-async def run(job: Job, env: Env) -> None:
-    with timed(job, "finish"):
-        job.metadata["moved_to"] = await env.sessions.on_disk("finish", release_source, job)
-    failpoints.hit("after_move")
-    await env.ledger.advance(job.row, "done", stage_ms=job.timings)
+def release_sources(jobs: list[Job]) -> None:
+    """One thread hop for a whole batch. A failure here is the disk's, not a file's (a vanished
+    or changed source is simply left alone), so it fails the batch."""
+    for job in jobs:
+        job.metadata["moved_to"] = release_source(job)
+        failpoints.hit("after_move")
+
+
+async def run(jobs: list[Job], env: Env) -> None:
+    with timed(jobs, "finish"):
+        await env.sessions.on_disk("finish", release_sources, jobs)
+    await advance(jobs, env, "done")
 
 
 def error_report(job: Job, reason: str) -> dict[str, object]:

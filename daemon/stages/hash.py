@@ -1,7 +1,8 @@
-"""Hash: read the file once, name its content, and decide whether it is new in its zone.
+"""Hash: read each file once, name its content, and decide whether it is new in its zone.
 
-The deterministic object key is computed and recorded here, before anything is uploaded, so a
-retried upload always writes the same object.
+A small file's bytes are kept for the upload and the extraction, so it is read from disk once.
+The deterministic object key is fixed here, before anything is uploaded, so a retried upload
+always writes the same object.
 """
 
 from __future__ import annotations
@@ -12,33 +13,53 @@ import hashlib
 from daemon.errors import PermanentError
 from daemon.files import open_version
 from daemon.objectstore import object_key
-from daemon.stages import Env, Job, timed
+from daemon.stages import Env, Job, advance, pending, timed
 
 BLOCK_BYTES = 1 << 20
+KEEP_BYTES = 256 * 1024  # files up to this size are held in memory between stages
 
 
-def sha256_of(job: Job, max_bytes: int) -> str:
-    """Stream the file through SHA-256 in 1 MiB blocks; it must not change meanwhile."""
+def digest(job: Job, max_bytes: int) -> None:
+    """Stream the file through SHA-256 (keeping its bytes if small); it must not change."""
     if job.row.size_bytes > max_bytes:
         raise PermanentError(f"file is {job.row.size_bytes} bytes, over pipeline.max_file_bytes "
                              f"({max_bytes})")
-    digest = hashlib.sha256()
+    sha = hashlib.sha256()
+    kept: list[bytes] | None = [] if job.row.size_bytes <= KEEP_BYTES else None
     with open_version(job.source, job.version) as handle:
         while block := handle.read(BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
+            sha.update(block)
+            if kept is not None:
+                kept.append(block)
+    job.row.sha256 = sha.hexdigest()
+    job.body = b"".join(kept) if kept is not None else None
 
 
-async def run(job: Job, env: Env) -> None:
-    with timed(job, "hash"):
-        sha256 = await asyncio.to_thread(sha256_of, job, env.settings.pipeline.max_file_bytes)
-    owner = await env.ledger.own_content(job.row, sha256)
+def digest_all(jobs: list[Job], max_bytes: int) -> None:
+    for job in jobs:
+        try:
+            digest(job, max_bytes)
+        except Exception as exc:
+            job.error = exc
+
+
+def _name_or_duplicate(job: Job, env: Env, owner: str | None) -> str:
+    """The next stage: `finish` for a duplicate (nothing to store), else `upload` at its key."""
     if owner is not None:
-        job.metadata["duplicate_of"] = owner
-        await env.ledger.advance(job.row, "finish", sha256=sha256, outcome="duplicate",
-                                 stage_ms=job.timings)
+        job.metadata["duplicate_of"], job.row.outcome, job.body = owner, "duplicate", None
+        return "finish"
+    job.row.object_key = object_key(env.settings.storage.key_template, doc_type=job.zone.doc_type,
+                                    sha256=job.row.sha256 or "", name=job.source.name,
+                                    zone=job.zone.name)
+    return "upload"
+
+
+async def run(jobs: list[Job], env: Env) -> None:
+    with timed(jobs, "hash"):
+        await asyncio.to_thread(digest_all, jobs, env.settings.pipeline.max_file_bytes)
+    todo = pending(jobs)
+    if not todo:
         return
-    key = object_key(env.settings.storage.key_template, doc_type=job.zone.doc_type,
-                     sha256=sha256, name=job.source.name, zone=job.zone.name)
-    await env.ledger.advance(job.row, "upload", sha256=sha256, object_key=key,
-                             stage_ms=job.timings)
+    duplicates = await env.ledger.own_contents([job.row for job in todo])
+    nexts = {job.row.id: _name_or_duplicate(job, env, duplicates.get(job.row.id)) for job in todo}
+    await advance(todo, env, lambda job: nexts[job.row.id])

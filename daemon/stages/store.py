@@ -1,13 +1,14 @@
-"""Store: the document row, its chunks with their vectors, and the ledger, in one transaction.
+"""Store: the documents, their chunks with their vectors, and the ledger, in one transaction
+for a whole batch.
 
 Either all of it is committed or none of it, so a crash never leaves a document without its
-chunks or a stored file the ledger does not know about. Chunks go in with binary COPY.
+chunks or a stored file the ledger does not know about. Chunks go in with one binary COPY.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import PurePosixPath
@@ -18,47 +19,81 @@ import asyncpg
 from daemon.database import sql
 from daemon.objectstore import content_type
 from daemon.sessions import copy_embeddings
-from daemon.stages import Env, Job
+from daemon.stages import EmbeddedChunk, Env, Job, advance, pending, timed
 
-LAZY_STAGES = ("extract", "embed")  # their time is spent while this stage consumes them
-
-
-async def run(job: Job, env: Env) -> None:
-    before = {stage: job.timings.get(stage, 0.0) for stage in LAZY_STAGES}
-    await env.sessions.transaction(partial(_store, job, env, before, time.perf_counter()))
+LAZY_STAGES = ("extract", "embed")  # a large file's are spent while this stage consumes them
 
 
-async def _store(job: Job, env: Env, before: dict[str, float], start: float,
-                 conn: asyncpg.Connection) -> None:
-    doc_id, chunks, inserted = await _document(conn, job, env)
-    if inserted and job.chunks is not None:
-        chunks = await copy_embeddings(conn, _rows(job, env, doc_id))
-        await conn.execute(sql("document_metadata"), doc_id, json.dumps(job.metadata))
-    lazy = sum(job.timings.get(s, 0.0) - before[s] for s in LAZY_STAGES)
-    job.timings["store"] = round((time.perf_counter() - start) * 1000 - lazy, 3)
-    await env.ledger.advance(job.row, "track", conn=conn, document_id=doc_id, chunks=chunks,
-                             outcome="stored", stage_ms=job.timings)
+def _lazy_ms(job: Job) -> float:
+    return sum(job.timings.get(stage, 0.0) for stage in LAZY_STAGES)
 
 
-async def _document(conn: asyncpg.Connection, job: Job, env: Env) -> tuple[int, int, bool]:
-    """(id, chunks already stored, inserted now) of this content's document."""
+async def run(jobs: list[Job], env: Env) -> None:
+    todo = pending(jobs)
+    if not todo:
+        return
+    before = {job.row.id: _lazy_ms(job) for job in todo}
+    with timed(todo, "store"):
+        await env.sessions.transaction(partial(_store, todo, env))
+    for job in todo:  # what a large file's stream spent extracting and embedding is not store's
+        job.timings["store"] = round(job.timings["store"] - (_lazy_ms(job) - before[job.row.id]), 3)
+
+
+async def _store(jobs: list[Job], env: Env, conn: asyncpg.Connection) -> None:
+    fresh = await _documents(conn, jobs, env)
+    counts: Counter[int] = Counter()
+    await copy_embeddings(conn, _rows(fresh, env, counts))
+    for job in fresh:
+        job.row.chunks = counts[job.row.id]
+        if job.chunk_stream is not None:  # its metadata (chars, binary) is known only now
+            await conn.execute(sql("document_metadata"), job.row.document_id,
+                               json.dumps(job.metadata))
+    for job in jobs:
+        job.row.outcome = "stored"
+    await advance(jobs, env, "track", conn)
+
+
+def _document_values(job: Job, env: Env) -> tuple[Any, ...]:
     row, key = job.row, job.row.object_key or ""
     job.metadata.update(name=PurePosixPath(row.rel_path).name, embedding_model=env.embedder.name)
-    doc_id = await conn.fetchval(
-        sql("insert_document"), row.zone, job.zone.doc_type, row.rel_path,
-        env.sessions.object_url(key), row.sha256, row.size_bytes, content_type(key),
-        json.dumps(job.metadata))
-    if doc_id is not None:
-        return int(doc_id), 0, True
-    found = await conn.fetchrow(sql("find_document"), row.zone, row.sha256, env.embedder.name)
-    return int(found["id"]), int(found["chunks"]), False
+    return (row.zone, job.zone.doc_type, row.rel_path, env.sessions.object_url(key), row.sha256,
+            row.size_bytes, content_type(key), json.dumps(job.metadata))
 
 
-async def _rows(job: Job, env: Env, doc_id: int) -> AsyncIterator[tuple[Any, ...]]:
-    assert job.chunks is not None
+async def _documents(conn: asyncpg.Connection, jobs: list[Job], env: Env) -> list[Job]:
+    """Insert the documents; returns the jobs whose document is new here (they need chunks).
+    A document that already exists (a retry, a takeover) keeps its id and its chunks."""
+    columns = list(zip(*(_document_values(job, env) for job in jobs), strict=True))
+    inserted = {(r["zone"], r["sha256"]): r["id"]
+                for r in await conn.fetch(sql("insert_document"), *columns)}
+    for job in jobs:
+        job.row.document_id = inserted.get((job.row.zone, job.row.sha256))
+    fresh = [job for job in jobs if job.row.document_id is not None]
+    old = [job for job in jobs if job.row.document_id is None]
+    if old:
+        found = await conn.fetch(sql("find_document"), [j.row.zone for j in old],
+                                 [j.row.sha256 for j in old], env.embedder.name)
+        existing = {(r["zone"], r["sha256"]): r for r in found}
+        for job in old:
+            record = existing[job.row.zone, job.row.sha256]
+            job.row.document_id, job.row.chunks = record["id"], record["chunks"]
+    return fresh
+
+
+async def _chunks_of(job: Job) -> AsyncIterator[EmbeddedChunk]:
+    if job.chunk_stream is not None:
+        async for item in job.chunk_stream():
+            yield item
+    for item in job.chunks or ():
+        yield item
+
+
+async def _rows(jobs: list[Job], env: Env, counts: Counter[int]) -> AsyncIterator[tuple[Any, ...]]:
     native = env.sessions.db.vector
-    key = env.sessions.store.full_key(job.row.object_key or "")
-    async for item in job.chunks():
-        vector = item.vector if native else item.vector.tolist()
-        yield (doc_id, item.chunk.index, key, job.zone.doc_type, item.chunk.text,
-               item.chunk.start, vector, env.embedder.name)
+    for job in jobs:
+        key = env.sessions.store.full_key(job.row.object_key or "")
+        async for item in _chunks_of(job):
+            counts[job.row.id] += 1
+            vector = item.vector if native else item.vector.tolist()
+            yield (job.row.document_id, item.chunk.index, key, job.zone.doc_type,
+                   item.chunk.text, item.chunk.start, vector, env.embedder.name)

@@ -71,16 +71,16 @@ async def test_retry_later_hides_the_file_until_due(sessions: Sessions) -> None:
 
 
 async def test_content_is_owned_once_and_taken_over_from_quarantine(sessions: Sessions) -> None:
-    """The first version with a content owns it; a duplicate sees the owner; quarantine frees it."""
+    """The first version with a content owns it, even within one batch; a duplicate learns the
+    owner's path; asking again is harmless; a quarantined owner's content is taken over."""
     a = ledger(sessions, "a")
     await a.discover("docs", [Entry("one.txt", 1, 1), Entry("two.txt", 1, 2)])
     first, second = await a.claim(2)
-    sha = "ab" * 32
-    assert await a.own_content(first, sha) is None
-    assert await a.own_content(first, sha) is None  # asking again is harmless
-    assert await a.own_content(second, sha) == first.rel_path
+    first.sha256 = second.sha256 = "ab" * 32
+    assert await a.own_contents([first, second]) == {second.id: first.rel_path}
+    assert await a.own_contents([first]) == {}
     await a.quarantine(first, "broken")
-    assert await a.own_content(second, sha) is None
+    assert await a.own_contents([second]) == {}
 
 
 async def test_a_batch_left_by_a_dead_tracker_is_finished_whole(sessions: Sessions) -> None:

@@ -149,7 +149,7 @@ async def test_a_file_deleted_before_it_is_read_ends_as_vanished(
         await ledger.discover("docs", [Entry("gone.txt", 10, 1)])
         [row] = await ledger.claim(1)
         env = Env(settings, sessions, ledger, create(settings.embedding))
-        await process(row, env)
+        assert await process([row], env) == []
     assert (row.stage, row.outcome) == ("done", "vanished")
     assert env.counts == {"vanished": 1}
     assert Sinks(path).documents() == [] and Sinks(path).object_keys() == []
