@@ -20,6 +20,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
+from daemon import pgcopy
 from daemon.config import Settings
 from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
@@ -146,10 +147,10 @@ class Sessions:
         self, rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]],
         conn: Connection | None = None,
     ) -> int:
-        """COPY rows of EMBEDDING_COLUMNS into document_embeddings (binary, pgvector codec)."""
+        """COPY rows of EMBEDDING_COLUMNS into document_embeddings (binary, encoded by us)."""
         if conn is not None:
-            return await copy_embeddings(conn, rows)
-        return await self.transaction(lambda c: copy_embeddings(c, rows))
+            return await copy_embeddings(conn, rows, self.db.vector)
+        return await self.transaction(lambda c: copy_embeddings(c, rows, self.db.vector))
 
     # -- mlflow -------------------------------------------------------------------------------
 
@@ -198,10 +199,14 @@ async def probe_mlflow(tracking: Tracking, policy: RetryPolicy) -> str:
 
 
 async def copy_embeddings(conn: Connection,
-                          rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]) -> int:
-    result = await conn.copy_records_to_table("document_embeddings", records=rows,
-                                              columns=EMBEDDING_COLUMNS)
-    return int(str(result).rsplit(" ", 1)[-1] or 0)
+                          rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]],
+                          native: bool) -> int:
+    """Binary COPY into document_embeddings, encoded by daemon.pgcopy; returns the row count.
+    `native`: the column is pgvector's `vector`, else `real[]`."""
+    counted = [0]
+    await conn.copy_to_table("document_embeddings", source=pgcopy.stream(rows, native, counted),
+                             columns=EMBEDDING_COLUMNS, format="binary")
+    return counted[0]
 
 
 def _log_run(client: Any, experiment_id: str, params: Mapping[str, Any],

@@ -42,7 +42,7 @@ async def run(jobs: list[Job], env: Env) -> None:
 async def _store(jobs: list[Job], env: Env, conn: asyncpg.Connection) -> None:
     fresh = await _documents(conn, jobs, env)
     counts: Counter[int] = Counter()
-    await copy_embeddings(conn, _rows(fresh, env, counts))
+    await copy_embeddings(conn, _rows(fresh, env, counts), env.sessions.db.vector)
     for job in fresh:
         job.row.chunks = counts[job.row.id]
         if job.chunk_stream is not None:  # its metadata (chars, binary) is known only now
@@ -89,11 +89,9 @@ async def _chunks_of(job: Job) -> AsyncIterator[EmbeddedChunk]:
 
 
 async def _rows(jobs: list[Job], env: Env, counts: Counter[int]) -> AsyncIterator[tuple[Any, ...]]:
-    native = env.sessions.db.vector
     for job in jobs:
         key = env.sessions.store.full_key(job.row.object_key or "")
         async for item in _chunks_of(job):
             counts[job.row.id] += 1
-            vector = item.vector if native else item.vector.tolist()
             yield (job.row.document_id, item.chunk.index, key, job.zone.doc_type,
-                   item.chunk.text, item.chunk.start, vector, env.embedder.name)
+                   item.chunk.text, item.chunk.start, item.vector, env.embedder.name)

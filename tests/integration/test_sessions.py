@@ -80,13 +80,16 @@ async def test_postgres_queries_transactions_and_bulk_embeddings(
 
         with pytest.raises(PermanentError, match="boom"):
             await sessions.transaction(fails)
-        vector = np.ones(8, dtype=np.float32) / np.sqrt(8)
-        embedding = vector if sessions.db.vector else vector.tolist()
-        rows = [(doc, i, "k", "d", f"chunk {i}", i * 10, embedding, "m") for i in range(3)]
+        vector = np.arange(8, dtype=np.float32) / 10
+        rows = [(doc, i, "k", "d", f"chunk {i} é", i * 10, vector * (i + 1), "m")
+                for i in range(3)]
         assert await sessions.bulk_insert_embeddings(rows) == 3
-        found = await sessions.query("SELECT chunk_index FROM document_embeddings "
+        found = await sessions.query("SELECT chunk_index, content, char_start, "
+                                     "embedding::real[] AS v FROM document_embeddings "
                                      "WHERE document_id = $1 ORDER BY 1", doc)
-        assert [r["chunk_index"] for r in found] == [0, 1, 2]
+        assert [(r["chunk_index"], r["content"], r["char_start"]) for r in found] == [
+            (0, "chunk 0 é", 0), (1, "chunk 1 é", 10), (2, "chunk 2 é", 20)]
+        assert np.allclose(found[2]["v"], vector * 3)
 
 
 async def test_mlflow_on_sqlite(tmp_path: Path, database_url: str) -> None:
