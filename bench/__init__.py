@@ -1,0 +1,1 @@
+"""Benchmark harness for dropzone: `python -m bench.run` (see bench/README.md)."""

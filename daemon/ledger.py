@@ -215,13 +215,15 @@ class Ledger:
         row = (await self.sessions.query(sql("track_window"), self.zones))[0]
         return int(row["files"]), float(row["oldest_s"])
 
-    async def claim_batch(self, limit: int) -> list[FileRow]:
-        """A batch to record: first one whose tracker died, else up to `limit` new files."""
+    async def claim_batch(self, limit: int) -> tuple[list[FileRow], bool]:
+        """A batch to record: first one whose tracker died (then True: its MLflow runs may
+        exist already), else up to `limit` files never tried (then False)."""
         rows = await self._claim("claim_orphan_batch", self.owner, self.lease_s, self.zones)
+        resumed = bool(rows)
         if not rows:
             rows = await self._claim("claim_new_batch", self.owner, self.lease_s, self.zones,
                                      uuid.uuid4(), limit)
-        return sorted(rows, key=lambda r: r.id)
+        return sorted(rows, key=lambda r: r.id), resumed
 
     async def tracked(self, ids: Sequence[int], run_id: str | None) -> None:
         await self.sessions.execute(sql("tracked"), self.owner, list(ids), run_id)

@@ -160,11 +160,11 @@ def report(job: Job, env: Env) -> None:
 
 async def track_pending(env: Env, limit: int) -> int:
     """Record one batch of stored (or failed) files in MLflow; returns how many."""
-    rows = await env.ledger.claim_batch(limit)
+    rows, resumed = await env.ledger.claim_batch(limit)
     if not rows:
         return 0
     try:
-        await track.run_batch(rows, env)
+        await track.run_batch(rows, env, resumed)
     except BaseException:
         await env.ledger.release(r.id for r in rows)
         raise

@@ -8,6 +8,7 @@ chunks or a stored file the ledger does not know about. Chunks go in with one bi
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from functools import partial
@@ -19,7 +20,7 @@ import asyncpg
 from daemon.database import sql
 from daemon.objectstore import content_type
 from daemon.sessions import copy_embeddings
-from daemon.stages import EmbeddedChunk, Env, Job, advance, pending, timed
+from daemon.stages import EmbeddedChunk, Env, Job, advance, pending
 
 LAZY_STAGES = ("extract", "embed")  # a large file's are spent while this stage consumes them
 
@@ -32,14 +33,29 @@ async def run(jobs: list[Job], env: Env) -> None:
     todo = pending(jobs)
     if not todo:
         return
-    before = {job.row.id: _lazy_ms(job) for job in todo}
-    with timed(todo, "store"):
-        await env.sessions.transaction(partial(_store, todo, env))
-    for job in todo:  # what a large file's stream spent extracting and embedding is not store's
-        job.timings["store"] = round(job.timings["store"] - (_lazy_ms(job) - before[job.row.id]), 3)
+    clock = _StoreClock(todo)
+    await env.sessions.transaction(partial(_store, todo, env, clock))
 
 
-async def _store(jobs: list[Job], env: Env, conn: asyncpg.Connection) -> None:
+class _StoreClock:
+    """The store stage's time per file, taken just before the ledger write that records it
+    (inside the transaction): the batch's time shared out, minus what a large file's stream
+    spent extracting and embedding meanwhile (that is theirs, not store's)."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.start = time.perf_counter()
+        self.lazy = {job.row.id: _lazy_ms(job) for job in jobs}
+        self.base = {job.row.id: job.timings.get("store", 0.0) for job in jobs}
+
+    def charge(self, jobs: list[Job]) -> None:
+        share = (time.perf_counter() - self.start) * 1000 / len(jobs)
+        for job in jobs:
+            lazy = _lazy_ms(job) - self.lazy[job.row.id]
+            job.timings["store"] = round(self.base[job.row.id] + share - lazy, 3)
+
+
+async def _store(jobs: list[Job], env: Env, clock: _StoreClock,
+                 conn: asyncpg.Connection) -> None:
     fresh = await _documents(conn, jobs, env)
     counts: Counter[int] = Counter()
     await copy_embeddings(conn, _rows(fresh, env, counts), env.sessions.db.vector)
@@ -50,6 +66,7 @@ async def _store(jobs: list[Job], env: Env, conn: asyncpg.Connection) -> None:
                                json.dumps(job.metadata))
     for job in jobs:
         job.row.outcome = "stored"
+    clock.charge(jobs)
     await advance(jobs, env, "track", conn)
 
 

@@ -75,10 +75,11 @@ def _log(client: Any, run: Any, values: dict[str, float], names: dict[str, str])
 
 
 def batch_run(batch_id: str, names: dict[str, str], values: dict[str, float],
-              records: list[dict[str, Any]], client: Any, experiment_id: str) -> str:
-    """Find or create the batch's run, fill it, close it; returns the run id."""
+              records: list[dict[str, Any]], resumed: bool, client: Any,
+              experiment_id: str) -> str:
+    """Find (if `resumed`) or create the batch's run, fill it, close it; returns its id."""
     tags = {"dropzone.batch_id": batch_id}
-    run = _find_run(client, experiment_id, tags)
+    run = _find_run(client, experiment_id, tags) if resumed else None
     if run is not None and run.info.status == "FINISHED":
         return str(run.info.run_id)
     run = run or client.create_run(experiment_id, tags=tags,
@@ -94,10 +95,11 @@ def batch_run(batch_id: str, names: dict[str, str], values: dict[str, float],
 
 
 def file_run(rec: dict[str, Any], names: dict[str, str], values: dict[str, float],
-             client: Any, experiment_id: str) -> str:
-    """The original guide's way: one run per file, found again by its content's tag."""
+             resumed: bool, client: Any, experiment_id: str) -> str:
+    """The original guide's way: one run per file, found again (if `resumed`) by its
+    content's tag."""
     tags = {"dropzone.sha256": str(rec["sha256"]), "dropzone.zone": str(rec["zone"])}
-    run = _find_run(client, experiment_id, tags)
+    run = _find_run(client, experiment_id, tags) if resumed else None
     if run is not None and run.info.status == "FINISHED":
         return str(run.info.run_id)
     extra = {"dropzone.source_path": rec["source_path"], "dropzone.object_key": rec["object_key"],
@@ -109,26 +111,27 @@ def file_run(rec: dict[str, Any], names: dict[str, str], values: dict[str, float
     return str(run.info.run_id)
 
 
-async def run_batch(rows: Sequence[FileRow], env: Env) -> None:
-    """Record a claimed batch; afterwards stored files move on to `finish`."""
+async def run_batch(rows: Sequence[FileRow], env: Env, resumed: bool) -> None:
+    """Record a claimed batch; afterwards stored files move on to `finish`. Only a `resumed`
+    batch (its tracker died) can have runs already, so only then are they looked for."""
     if not rows:
         return
     if env.settings.mlflow.run_per_file:
-        await _per_file(rows, env)
+        await _per_file(rows, env, resumed)
         return
     call = partial(batch_run, str(rows[0].batch_id), params(env, len(rows)), metrics(rows),
-                   [record(r, env) for r in rows])
+                   [record(r, env) for r in rows], resumed)
     run_id = await env.sessions.mlflow(call, "mlflow batch run")
     failpoints.hit("after_mlflow")
     await env.ledger.tracked([r.id for r in rows], run_id)
 
 
-async def _per_file(rows: Sequence[FileRow], env: Env) -> None:
+async def _per_file(rows: Sequence[FileRow], env: Env, resumed: bool) -> None:
     for row in rows:
         if row.stage != "track":  # failures are counted, not given runs of their own
             await env.ledger.tracked([row.id], None)
             continue
-        call = partial(file_run, record(row, env), params(env, 1), metrics([row]))
+        call = partial(file_run, record(row, env), params(env, 1), metrics([row]), resumed)
         run_id = await env.sessions.mlflow(call, "mlflow file run")
         failpoints.hit("after_mlflow")
         await env.ledger.tracked([row.id], run_id)

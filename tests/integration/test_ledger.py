@@ -91,11 +91,13 @@ async def test_a_batch_left_by_a_dead_tracker_is_finished_whole(sessions: Sessio
         await a.advance(row, "upload", sha256=f"{row.id:064x}", object_key="k")
         await a.advance(row, "store")
         await a.advance(row, "track", outcome="stored")
-    first = await a.claim_batch(3)  # a's tracker takes 3, then "dies"
+    first, resumed = await a.claim_batch(3)  # a's tracker takes 3, then "dies"
+    assert not resumed
     assert len(first) == 3 and len({r.batch_id for r in first}) == 1
     await asyncio.sleep(0.5)
-    again = await b.claim_batch(10)
+    again, resumed = await b.claim_batch(10)
+    assert resumed
     assert {r.id for r in again} == {r.id for r in first}
     assert {r.batch_id for r in again} == {first[0].batch_id}
-    rest = await b.claim_batch(10)
+    rest, _ = await b.claim_batch(10)
     assert len(rest) == 2 and rest[0].batch_id != first[0].batch_id

@@ -69,6 +69,9 @@ async def test_once_stores_every_file_once_in_every_sink(
     assert not any((tmp_path / "zones" / "docs").rglob("*.*"))
     assert (tmp_path / "var" / "done" / "docs" / "deep" / "nested" / "log.log").exists()
     assert (tmp_path / "var" / "done" / "docs" / "copy-of-notes.txt").exists()
+    [notes] = [r for r in sinks.ledger() if r["rel_path"] == "notes.txt"]
+    stages = {"hash", "upload", "extract", "embed", "store", "finish"}
+    assert stages <= set(json.loads(notes["stage_ms"])), "every stage's time is recorded"
 
 
 async def test_a_second_once_finds_nothing_and_makes_no_run(

@@ -1,0 +1,208 @@
+"""The contenders: each runs as its own subprocess against the same corpus and moto endpoint,
+is timed from spawn to exit, and is then checked against what it should have left behind.
+
+A contender that keeps state (a table, an MLflow store, the daemon's schema) first does an
+untimed warm-up on nothing with the same settings, so the timed run measures the steady state
+and not the one-off creation of an MLflow store or a database schema. A failure (bad exit code,
+a count that is not N, a timeout, an exception) becomes a row with the reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bench import infra, peers
+from bench.corpus import corpus_files
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Everything one contender gets: its own bucket, database and folder; shared corpus."""
+
+    name: str
+    files: int
+    corpus: Path
+    moto: infra.Moto
+    bucket: str
+    prefix: str
+    db_url: str
+    work: Path
+    timeout_s: float
+
+    def timed(self, cmd: list[str], label: str, cwd: Path | None = None) -> infra.Timed:
+        """Run one step of this contender, its output in `<work>/<label>.log`."""
+        return infra.run_timed(cmd, infra.clean_env({}), self.work / f"{label}.log",
+                               self.timeout_s, cwd)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One row of the table: seconds is None when there is nothing worth timing."""
+
+    files: int
+    seconds: float | None
+    error: str = ""
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Succeeded: ran, exited 0 and left exactly what it should."""
+        return not self.error
+
+
+class Failed(Exception):
+    """A contender did not do what it should; the message goes into the table."""
+
+
+def require(run: infra.Timed, step: str) -> None:
+    """Exit code 0 or a Failed that says which step, how it ended and its last words."""
+    if run.code is None:
+        raise Failed(f"{step}: timed out after {run.seconds:.0f} s; log {run.log}")
+    if run.code != 0:
+        raise Failed(f"{step}: exit {run.code}: {run.tail()}")
+
+
+def expect(what: str, got: int, want: int) -> None:
+    """A count that must be exactly N."""
+    if got != want:
+        raise Failed(f"{what}: {got}, expected {want}")
+
+
+def loop_seconds(run: infra.Timed) -> str:
+    """The in-process timing a Python contender prints as its last line, for the notes."""
+    try:
+        lines = run.log.read_text().strip().splitlines()
+        return f"in-process {json.loads(lines[-1])['seconds']:.1f} s"
+    except (OSError, ValueError, KeyError, IndexError):
+        return ""
+
+
+# -- reference and MLflow alone -------------------------------------------------------------
+
+def reference(ctx: Ctx) -> Outcome:
+    """The original guide's sequential recipe (bench/reference.py)."""
+    mlflow_db = ctx.work / "mlflow.db"
+    cmd = [sys.executable, "-m", "bench.reference", "--corpus", str(ctx.corpus),
+           "--endpoint", ctx.moto.url, "--bucket", ctx.bucket, "--database-url", ctx.db_url,
+           "--tracking-uri", f"sqlite:///{mlflow_db}"]
+    require(ctx.timed([*cmd, "--warmup"], "warmup", REPO), "warm-up")
+    run = ctx.timed(cmd, "run", REPO)
+    require(run, "run")
+    expect("objects", ctx.moto.count_objects(ctx.bucket), ctx.files)
+    expect("rows", infra.count_rows(ctx.db_url, "document_embeddings_reference"), ctx.files)
+    expect("MLflow runs", infra.count_finished_runs(mlflow_db), ctx.files)
+    return Outcome(ctx.files, run.seconds, note=loop_seconds(run))
+
+
+def mlflow_alone(ctx: Ctx) -> Outcome:
+    """N MLflow runs made as the daemon's per-file mode makes them, and nothing else."""
+    mlflow_db = ctx.work / "mlflow.db"
+    cmd = [sys.executable, "-m", "bench.mlflow_alone", "--runs", str(ctx.files),
+           "--tracking-uri", f"sqlite:///{mlflow_db}"]
+    require(ctx.timed([*cmd, "--warmup"], "warmup", REPO), "warm-up")
+    run = ctx.timed(cmd, "run", REPO)
+    require(run, "run")
+    expect("MLflow runs", infra.count_finished_runs(mlflow_db), ctx.files)
+    return Outcome(ctx.files, run.seconds, note=loop_seconds(run))
+
+
+# -- upload-only peers ------------------------------------------------------------------------
+
+def _peer(ctx: Ctx, cmd: list[str]) -> Outcome:
+    """Run an upload tool once and count what arrived under the prefix."""
+    run = ctx.timed(cmd, "run")
+    require(run, "run")
+    expect("objects", ctx.moto.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
+    return Outcome(ctx.files, run.seconds, note="upload only")
+
+
+def s5cmd(ctx: Ctx) -> Outcome:
+    """The native s5cmd binary, one `cp` of the corpus folder."""
+    return _peer(ctx, peers.s5cmd_command(ctx.corpus, ctx.moto.url, ctx.bucket, ctx.prefix))
+
+
+def aws_cli(ctx: Ctx) -> Outcome:
+    """`aws s3 cp --recursive` of the corpus folder."""
+    return _peer(ctx, peers.aws_command(ctx.corpus, ctx.moto.url, ctx.bucket, ctx.prefix))
+
+
+# -- dropzone ---------------------------------------------------------------------------------
+
+def daemon_config(ctx: Ctx, zone: Path, run_per_file: bool) -> Path:
+    """The YAML the daemon runs on: everything explicit, nothing from the environment."""
+    settings = {
+        "state_dir": str(ctx.work / "var"),
+        "zones": [{"name": "bench", "path": str(zone), "doc_type": "document",
+                   "settle_ms": 1000, "after": "move"}],
+        "storage": {"url": f"s3://{ctx.bucket}/{ctx.prefix}", "endpoint_url": ctx.moto.url,
+                    "region": "us-east-1", "sse": "AES256"},
+        "database": {"url": ctx.db_url},
+        "mlflow": {"tracking_uri": f"sqlite:///{ctx.work / 'mlflow.db'}",
+                   "experiment": "dropzone", "run_per_file": run_per_file},
+    }
+    path = ctx.work / "drop_zones.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def fill_zone(corpus: Path, zone: Path) -> None:
+    """A copy of the corpus the daemon may move away: hard links (instant, same bytes and
+    mtimes), or real copies when the work folder is on another filesystem."""
+    for source in corpus_files(corpus):
+        target = zone / source.relative_to(corpus)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+
+def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
+    """Warm-up `--once` on an empty zone (schema, MLflow store), fill it, time `--once`."""
+    zone = ctx.work / "zone"
+    zone.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "daemon", "--config",
+           str(daemon_config(ctx, zone, run_per_file)), "--once", "--log-format", "json"]
+    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    fill_zone(ctx.corpus, zone)
+    run = ctx.timed(cmd, "run", REPO)
+    require(run, "--once")
+    expect("documents", infra.count_rows(ctx.db_url, "documents"), ctx.files)
+    expect("objects", ctx.moto.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
+    runs = infra.count_finished_runs(ctx.work / "mlflow.db")
+    if run_per_file:
+        expect("MLflow runs", runs, ctx.files)
+    elif runs < 1:
+        raise Failed("no finished MLflow run")
+    chunks = infra.count_rows(ctx.db_url, "document_embeddings")
+    return Outcome(ctx.files, run.seconds, note=f"{chunks} chunks, {runs} MLflow run(s)")
+
+
+def dropzone(ctx: Ctx) -> Outcome:
+    """The daemon as shipped: one MLflow run per `--once` batch."""
+    return _dropzone(ctx, run_per_file=False)
+
+
+def dropzone_run_per_file(ctx: Ctx) -> Outcome:
+    """The daemon with `mlflow.run_per_file: true`, the original guide's MLflow shape."""
+    return _dropzone(ctx, run_per_file=True)
+
+
+CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
+    "reference": reference,
+    "s5cmd": s5cmd,
+    "aws-cli": aws_cli,
+    "dropzone": dropzone,
+    "dropzone-run-per-file": dropzone_run_per_file,
+    "mlflow-alone-per-file": mlflow_alone,
+}
