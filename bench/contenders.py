@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,7 @@ class Outcome:
     seconds: float | None
     error: str = ""
     note: str = ""
+    latency: bool = False  # `seconds` is a latency, not a run's length: no rate, no ratios
 
     @property
     def ok(self) -> bool:
@@ -138,12 +141,12 @@ def aws_cli(ctx: Ctx) -> Outcome:
 
 # -- dropzone ---------------------------------------------------------------------------------
 
-def daemon_config(ctx: Ctx, zone: Path, run_per_file: bool) -> Path:
+def daemon_config(ctx: Ctx, zone: Path, run_per_file: bool, settle_ms: int = 1000) -> Path:
     """The YAML the daemon runs on: everything explicit, nothing from the environment."""
     settings = {
         "state_dir": str(ctx.work / "var"),
         "zones": [{"name": "bench", "path": str(zone), "doc_type": "document",
-                   "settle_ms": 1000, "after": "move"}],
+                   "settle_ms": settle_ms, "after": "move"}],
         "storage": {"url": f"s3://{ctx.bucket}/{ctx.prefix}", "endpoint_url": ctx.moto.url,
                     "region": "us-east-1", "sse": "AES256"},
         "database": {"url": ctx.db_url},
@@ -198,6 +201,77 @@ def dropzone_run_per_file(ctx: Ctx) -> Outcome:
     return _dropzone(ctx, run_per_file=True)
 
 
+STARTUP_TRIALS = 5
+
+
+def dropzone_startup(ctx: Ctx) -> Outcome:
+    """Start-up: from spawning `--once` to its first file committed in Postgres, one small
+    file, stores already made (the median of a few trials)."""
+    zone = ctx.work / "zone"
+    zone.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "daemon", "--config",
+           str(daemon_config(ctx, zone, run_per_file=False)), "--once", "--log-format", "json"]
+    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    times = sorted(_first_commit(ctx, cmd, zone, trial) for trial in range(STARTUP_TRIALS))
+    return Outcome(1, statistics.median(times), latency=True,
+                   note=f"spawn to first document committed, median of {len(times)} "
+                        f"(min {times[0]:.2f} s, max {times[-1]:.2f} s)")
+
+
+def _first_commit(ctx: Ctx, cmd: list[str], zone: Path, trial: int) -> float:
+    """One trial: a new small file (settled: its mtime is old), `--once`, the commit time."""
+    text = next(iter(corpus_files(ctx.corpus))).read_text()
+    target = zone / f"startup-{trial}.txt"
+    target.write_text(f"{text}\ntrial {trial} at {time.time()}\n")
+    os.utime(target, (time.time() - 3600, time.time() - 3600))
+    spawned = time.time()
+    require(ctx.timed(cmd, f"run-{trial}", REPO), f"--once, trial {trial}")
+    return infra.last_document_at(ctx.db_url) - spawned
+
+
+LATENCY_DROPS, LATENCY_SETTLE_MS, IDLE_S = 20, 200, 12.0
+
+
+def dropzone_latency(ctx: Ctx) -> Outcome:
+    """Latency: the daemon running idle, small files dropped one at a time (written under a
+    temporary name, then renamed in); from the rename to the document's commit, minus the
+    zone's settle_ms. The median of 20."""
+    zone = ctx.work / "zone"
+    zone.mkdir(parents=True)
+    config = daemon_config(ctx, zone, run_per_file=False, settle_ms=LATENCY_SETTLE_MS)
+    cmd = [sys.executable, "-m", "daemon", "--config", str(config), "--log-format", "json"]
+    with infra.running(cmd, ctx.work / "daemon.log", REPO) as log:
+        _wait_for_line(log, '"daemon_ready"', 60)
+        time.sleep(IDLE_S)  # past MLflow's start: the daemon is idle
+        delays = sorted(_drop_one(ctx, zone, i) - LATENCY_SETTLE_MS / 1000
+                        for i in range(LATENCY_DROPS))
+    return Outcome(1, statistics.median(delays), latency=True,
+                   note=f"drop to commit beyond settle_ms ({LATENCY_SETTLE_MS} ms), median of "
+                        f"{len(delays)} (min {delays[0]:.3f} s, max {delays[-1]:.3f} s)")
+
+
+def _wait_for_line(log: Path, needle: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while needle not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise Failed(f"no {needle} in {log} within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def _drop_one(ctx: Ctx, zone: Path, index: int) -> float:
+    """Drop one new file; seconds from its rename into the zone to its document's commit."""
+    before = infra.count_rows(ctx.db_url, "documents")
+    draft = zone / f".drop-{index}.part"
+    draft.write_text(f"{next(iter(corpus_files(ctx.corpus))).read_text()}\n{index} {time.time()}")
+    dropped = time.time()
+    draft.rename(zone / f"drop-{index}.txt")
+    while infra.count_rows(ctx.db_url, "documents") == before:
+        if time.time() - dropped > 30:
+            raise Failed(f"file {index} not committed within 30 s")
+        time.sleep(0.005)
+    return infra.last_document_at(ctx.db_url) - dropped
+
+
 CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
     "reference": reference,
     "s5cmd": s5cmd,
@@ -205,4 +279,6 @@ CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
     "dropzone": dropzone,
     "dropzone-run-per-file": dropzone_run_per_file,
     "mlflow-alone-per-file": mlflow_alone,
+    "dropzone-startup": dropzone_startup,
+    "dropzone-latency": dropzone_latency,
 }

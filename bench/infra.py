@@ -88,6 +88,20 @@ def run_timed(cmd: Sequence[str], env: Mapping[str, str], log: Path, timeout_s: 
     return Timed(code, elapsed, log)
 
 
+@contextlib.contextmanager
+def running(cmd: Sequence[str], log: Path, cwd: Path | None = None) -> Iterator[Path]:
+    """A long-running process (a daemon), output to `log`, stopped (SIGTERM) on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(list(cmd), env=clean_env({}), cwd=cwd, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            yield log
+        finally:
+            stop(process, grace_s=35.0)
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The harness's environment, with fake AWS credentials and nothing from ~/.aws or an
     MLflow/dropzone setting of the user's that could change what a contender does."""
@@ -248,6 +262,18 @@ def count_rows(url: str, table: str) -> int:
         with conn.cursor() as cur:
             cur.execute(f"SELECT count(*) FROM {table}")
             return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def last_document_at(url: str) -> float:
+    """When the newest document was written (epoch seconds): its transaction's start, a few
+    milliseconds before its commit."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT extract(epoch FROM max(created_date)) FROM documents")
+            return float(cur.fetchone()[0])
     finally:
         conn.close()
 

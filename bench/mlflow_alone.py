@@ -1,11 +1,11 @@
 """MLflow's own ceiling for one run per file: N runs and nothing else.
 
 Each run is made the way the daemon's `run_per_file: true` mode makes it
-(`daemon/stages/track.py: file_run`), copied here rather than imported so that this contender
-still runs while the daemon is being edited: look the run up by its tags (`search_runs`),
-`create_run` with the same six tags, one `log_batch` of as many metrics and params as the daemon
-logs per file (14 and 6), `set_terminated`. No S3, no Postgres, no embedding: whatever dropzone's
-per-file mode costs beyond this is the daemon's, not MLflow's.
+(`daemon/stages/track.py: file_run`, for a batch that is not resumed after a crash, so no
+`search_runs` first), copied here rather than imported so that this contender still runs while
+the daemon is being edited: `create_run` with the same six tags, one `log_batch` of as many
+metrics and params as the daemon logs per file (14 and 6), `set_terminated`. No S3, no
+Postgres, no embedding: whatever dropzone's per-file mode costs beyond this is the daemon's.
 
     python -m bench.mlflow_alone --runs 2000 --tracking-uri sqlite:///tmp/x/mlflow.db
 """
@@ -44,19 +44,14 @@ def values(index: int) -> tuple[list[Metric], list[Param]]:
 
 
 def file_run(client: MlflowClient, experiment: str, index: int) -> str:
-    """One run as the daemon makes it per file: find by tag, create, log_batch, terminate."""
+    """One run as the daemon makes it per file: create, log_batch, terminate."""
     sha = hashlib.sha256(str(index).encode()).hexdigest()
     tags = {"dropzone.sha256": sha, "dropzone.zone": "bench"}
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    found = client.search_runs([experiment], filter_string=query, max_results=1)
-    if found and found[0].info.status == "FINISHED":
-        return str(found[0].info.run_id)
     name = f"doc-{index:06d}.txt"
     extra = {"dropzone.source_path": f"part-000/{name}", "dropzone.doc_type": "document",
              "dropzone.object_key": f"dropzones/document/{sha}/{name}",
              "dropzone.status": "stored"}
-    run = found[0] if found else client.create_run(experiment, tags={**tags, **extra},
-                                                   run_name=name)
+    run = client.create_run(experiment, tags={**tags, **extra}, run_name=name)
     metrics, params = values(index)
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.set_terminated(run.info.run_id)

@@ -116,8 +116,11 @@ def machine_lines(corpus_root: Path) -> list[str]:
 # -- the table --------------------------------------------------------------------------------
 
 def _ratio(base: Outcome | None, outcome: Outcome) -> str:
-    """How many times faster than `base` (its seconds over ours); '-' when either failed."""
-    if base is None or not base.ok or not outcome.ok or not base.seconds or not outcome.seconds:
+    """How many times faster than `base` (its seconds over ours); '-' when either failed or
+    ours is a latency."""
+    if outcome.latency or base is None or not base.ok or not outcome.ok:
+        return "-"
+    if not base.seconds or not outcome.seconds:
         return "-"
     return f"{base.seconds / outcome.seconds:.2f}"
 
@@ -131,6 +134,7 @@ def table(rows: list[Row]) -> list[list[str]]:
         out = row.outcome
         seconds = f"{out.seconds:.2f}" if out.seconds is not None else "-"
         rate = f"{out.files / out.seconds:.1f}" if out.ok and out.seconds else "-"
+        rate = "-" if out.latency else rate
         note = f"FAILED: {out.error}" if out.error else out.note
         files = str(out.files) if out.ok else "-"
         lines.append([row.name, files, seconds, rate, _ratio(found.get("reference"), out),

@@ -97,6 +97,7 @@ class StorageSettings(Frozen):
     key_template: str = "dropzones/{doc_type}/{sha256}/{name}"
     max_connections: int = Field(32, ge=1, le=1024)
     multipart_threshold: ByteSize = Field(ByteSize(16 * 1024**2), ge=5 * 1024**2)
+    direct_put: bool = True  # small objects: a signed PUT without the SDK (endpoint_url only)
 
     @field_validator("endpoint_url", "kms_key_id", mode="before")
     @classmethod
@@ -196,11 +197,17 @@ class EmbeddingSettings(Frozen):
         return self
 
 
+def default_cpu_workers() -> int:
+    """Processes for chunking and embedding: one core is left to the daemon's own process."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 class PipelineSettings(Frozen):
     """Concurrency, limits and the retry budget of the pipeline."""
 
     workers: int = Field(8, ge=1, le=256)  # batches in flight at once
     batch_files: int = Field(32, ge=1, le=1000)  # small files that go through a stage together
+    cpu_workers: int = Field(default_factory=lambda: default_cpu_workers(), ge=0, le=64)
     max_file_bytes: ByteSize = ByteSize(5 * 1024**3)
     max_attempts: int = Field(8, ge=1, le=100)
     retry_base_s: float = Field(2.0, gt=0)

@@ -29,6 +29,13 @@ def parse(spec: str) -> dict[str, int]:
 _armed = parse(os.environ.get(ENV, ""))
 _hits: Counter[str] = Counter()
 _lock = threading.Lock()
+_daemon_pid = os.getpid()
+
+
+def in_worker(daemon_pid: int) -> None:
+    """Called in a worker process: a failpoint hit there kills the daemon too."""
+    global _daemon_pid
+    _daemon_pid = daemon_pid
 
 
 def hit(name: str) -> None:
@@ -38,4 +45,6 @@ def hit(name: str) -> None:
     with _lock:
         _hits[name] += 1
         if _hits[name] == _armed[name]:
+            if _daemon_pid != os.getpid():
+                os.kill(_daemon_pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)

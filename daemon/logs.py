@@ -26,6 +26,7 @@ _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD", "MLFL
 _QUIET = ("mlflow", "alembic", "botocore", "aiobotocore", "urllib3", "pgserver", "asyncio",
           "watchfiles")
 _secrets: set[str] = set()
+_setup: tuple[str, Format, str] = ("info", "auto", "stdout")  # as `configure` was last called
 
 
 def add_secret(value: str | None) -> None:
@@ -77,7 +78,9 @@ def _renderer(fmt: Format, stream: TextIO) -> Any:
 
 def configure(level: str = "info", fmt: Format = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog and the standard library once, for the whole process."""
+    global _setup
     stream = stream or sys.stdout
+    _setup = (level, fmt, "stderr" if stream is sys.stderr else "stdout")
     for name in _SECRET_ENV:
         add_secret(os.environ.get(name))
     final = [structlog.processors.format_exc_info, redact, _renderer(fmt, stream)]
@@ -97,6 +100,18 @@ def configure(level: str = "info", fmt: Format = "auto", stream: TextIO | None =
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def snapshot() -> tuple[tuple[str, Format, str], frozenset[str]]:
+    """This process's logging set-up and secrets, for a worker process to `replay`."""
+    return _setup, frozenset(_secrets)
+
+
+def replay(state: tuple[tuple[str, Format, str], frozenset[str]]) -> None:
+    """In a worker process: log exactly as the daemon does, to the same stream."""
+    (level, fmt, stream), secrets = state
+    _secrets.update(secrets)
+    configure(level, fmt, sys.stderr if stream == "stderr" else sys.stdout)
 
 
 def _quiet(names: Iterable[str]) -> None:

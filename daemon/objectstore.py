@@ -17,13 +17,18 @@ import unicodedata
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.config import StorageSettings
 from daemon.errors import PermanentError
 
+if TYPE_CHECKING:
+    from daemon.s3put import DirectPut
+
 MAX_NAME_BYTES = 200
 _UNSAFE_RUN = re.compile(r"_+")
+_HEADERS = {"ContentType": "Content-Type", "ServerSideEncryption": "x-amz-server-side-encryption",
+            "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,10 @@ class FileStore:
 class S3Store:
     """Objects in a bucket under a prefix, through one aioboto3 client."""
 
-    def __init__(self, client: Any, settings: StorageSettings) -> None:
+    def __init__(self, client: Any, settings: StorageSettings,
+                 direct: DirectPut | None = None) -> None:
         self.client = client
+        self.direct = direct  # small objects go this way when set
         self.settings = settings
         self.bucket = settings.bucket
         self.prefix = settings.prefix
@@ -189,6 +196,11 @@ class S3Store:
         return self._result(key, head)
 
     async def put_bytes(self, key: str, data: bytes) -> PutResult:
+        if self.direct is not None:
+            headers = {_HEADERS[name]: value for name, value in self._extra(key).items()}
+            sent = await self.direct.put(self.bucket, self.full_key(key), data, headers)
+            return PutResult(self.url(key), sent.get("etag", "").strip('"') or None,
+                             sent.get("x-amz-server-side-encryption"))
         response = await self.client.put_object(Bucket=self.bucket, Key=self.full_key(key),
                                                 Body=data, **self._extra(key))
         return self._result(key, response)
@@ -226,4 +238,21 @@ async def open_store(settings: StorageSettings, stack: AsyncExitStack) -> Object
     session = aioboto3.Session(region_name=settings.region)
     client = await stack.enter_async_context(
         session.client("s3", endpoint_url=settings.endpoint_url, config=config))
-    return S3Store(client, settings)
+    return S3Store(client, settings, await _direct_put(settings, session, stack))
+
+
+async def _direct_put(settings: StorageSettings, session: Any,
+                      stack: AsyncExitStack) -> DirectPut | None:
+    """The SDK-free PUT path, for an explicit endpoint with credentials (else the SDK's own
+    error about missing credentials is the one users see)."""
+    credentials = await session.get_credentials()
+    if not (settings.direct_put and settings.endpoint_url and credentials):
+        return None
+    import aiohttp
+
+    from daemon.s3put import DirectPut
+
+    http = await stack.enter_async_context(aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=settings.max_connections),
+        timeout=aiohttp.ClientTimeout(total=60, sock_connect=5)))
+    return DirectPut(http, credentials, settings.endpoint_url, settings.region)

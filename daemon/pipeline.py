@@ -39,6 +39,7 @@ async def process(rows: list[FileRow], env: Env) -> list[int]:
         group = [job for job in pending(jobs) if job.row.stage == stage]
         if group:
             await _run_stage(stage, group, env)
+    env.stored.set()
     stranded = []
     for job in jobs:
         try:

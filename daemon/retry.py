@@ -84,7 +84,7 @@ def _foreign_is_transient(exc: BaseException) -> bool:
     if module.startswith("mlflow"):
         return _mlflow_is_transient(exc)
     if module.startswith(("requests", "urllib3", "aiohttp")):
-        return any(word in name for word in ("Connection", "Timeout", "ClientOSError",
+        return any(word in name for word in ("Connect", "Timeout", "ClientOSError", "Payload",
                                              "ServerDisconnected", "ChunkedEncoding"))
     return module.startswith("sqlalchemy") and name == "OperationalError"
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
@@ -51,7 +52,6 @@ class Sessions:
 
     async def __aenter__(self) -> Sessions:
         try:
-            self.tracking.start()
             self._stack.callback(self.tracking.close)
             await self._stack.enter_async_context(self.db)
             self._store = await open_store(self.settings.storage, self._stack)
@@ -161,7 +161,8 @@ class Sessions:
     async def log_mlflow_run(self, params: Mapping[str, Any], metrics: Mapping[str, float],
                              tags: Mapping[str, str] | None = None) -> str:
         """One finished run with these params, metrics and tags; returns its id."""
-        return await self.mlflow(lambda c, exp: _log_run(c, exp, params, metrics, tags or {}))
+        return await self.mlflow(partial(_log_run, params=dict(params), metrics=dict(metrics),
+                                         tags=dict(tags or {})))
 
     # -- health -------------------------------------------------------------------------------
 

@@ -13,12 +13,14 @@ import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from functools import partial
 from typing import Any
 
 from daemon import __version__, systemd
 from daemon.config import Settings
 from daemon.embedders import create as create_embedder
+from daemon.embedders.pool import EmbedPool
 from daemon.errors import (
     ConfigError,
     DaemonError,
@@ -37,6 +39,7 @@ from daemon.watcher import Watcher
 log = get_logger("dropzone.supervisor")
 STORING = ("hash", "upload", "store")
 LARGE_BYTES = 4 * 1024**2  # a file this large travels in a batch of its own
+TRACKING_START_S = 5.0  # start MLflow this long after start-up if no file was stored before
 EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -215,20 +218,30 @@ class Supervisor:
         log.info("starting", version=__version__, mode="once" if self.once else "daemon",
                  zones=[z.name for z in self.settings.zones], storage=self.settings.storage.url,
                  database=self.settings.database.url, mlflow=self.settings.mlflow.tracking_uri)
+        embedder = self._embedder()
         try:
-            async with Sessions(self.settings) as sessions:
-                env = self._env(sessions)
-                return await (self._run_once(env) if self.once else self._run_daemon(env))
+            with closing(embedder):
+                async with Sessions(self.settings) as sessions:
+                    env = self._env(sessions, embedder)
+                    return await (self._run_once(env) if self.once else self._run_daemon(env))
         except (DaemonError, BaseExceptionGroup) as exc:
             return _exit_for(exc)
         except asyncio.CancelledError:
             log.warning("forced_exit")
             return EXIT_INTERRUPTED
 
-    def _env(self, sessions: Sessions) -> Env:
+    def _embedder(self) -> EmbedPool:
+        """The embedder, its worker processes starting while the sessions open."""
+        settings = self.settings
+        embedder = EmbedPool(create_embedder(settings.embedding), settings.embedding,
+                             settings.pipeline.cpu_workers)
+        embedder.start()
+        return embedder
+
+    def _env(self, sessions: Sessions, embedder: EmbedPool) -> Env:
         zones = [z.name for z in self.settings.zones]
         ledger = Ledger(sessions, zones, self.owner, self.settings.pipeline.lease_s)
-        return Env(self.settings, sessions, ledger, create_embedder(self.settings.embedding),
+        return Env(self.settings, sessions, ledger, embedder,
                    mode="once" if self.once else "daemon")
 
     def _install_signal_handlers(self) -> None:
@@ -242,6 +255,12 @@ class Supervisor:
             return
         log.info("shutdown_requested", signal=sig.name)
         self.should_exit.set()
+
+    async def _start_tracking(self, env: Env) -> None:
+        """Start MLflow's process once the first files are stored, or after a few seconds:
+        its start-up (3-4 s of CPU) then never competes with the first file's."""
+        await sleep_unless(env.stored, TRACKING_START_S)
+        env.sessions.tracking.start()
 
     async def _leases(self, ledger: Ledger) -> None:
         """Renew our leases every lease_s/3; every few seconds, free the claims of the dead."""
@@ -275,7 +294,8 @@ class Supervisor:
             group.create_task(workers.run())
             group.create_task(watcher.run(stop_intake, watching))
             group.create_task(Tracker(env).run(stop_intake))
-            leases = group.create_task(self._leases(env.ledger))
+            upkeep = [group.create_task(self._start_tracking(env)),
+                      group.create_task(self._leases(env.ledger))]
             await watching.wait()
             systemd.notify("READY=1", f"STATUS=watching {len(self.settings.zones)} zone(s)")
             log.info("daemon_ready", zones=[z.name for z in self.settings.zones], owner=self.owner)
@@ -283,7 +303,8 @@ class Supervisor:
             systemd.notify("STOPPING=1")
             stop_intake.set()
             await self._shutdown(env, workers)
-            leases.cancel()
+            for task in upkeep:
+                task.cancel()
         log.info("daemon_stopped", **env.counts)
         return EXIT_OK
 
@@ -338,10 +359,12 @@ class Supervisor:
         started, workers = time.monotonic(), Workers(env, self.settings.pipeline.workers)
         async with asyncio.TaskGroup() as group:
             group.create_task(workers.run())
-            leases = group.create_task(self._leases(env.ledger))
+            upkeep = [group.create_task(self._start_tracking(env)),
+                      group.create_task(self._leases(env.ledger))]
             tracked = await self._drain_once(env)
             await self._shutdown(env, workers)
-            leases.cancel()
+            for task in upkeep:
+                task.cancel()
         elapsed = time.monotonic() - started
         done = sum(env.counts.values())
         log.info("once_finished", elapsed_s=round(elapsed, 3),

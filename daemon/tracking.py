@@ -1,28 +1,77 @@
-"""MLflow: the client, and the one thread every MLflow call runs in.
+"""MLflow: the client, in the one process every MLflow call runs in.
 
-Importing MLflow takes about a second and creating a sqlite store another; both happen in that
-thread as soon as the daemon starts, overlapped with the scan, so they never delay the first
-file. MLflow's own HTTP retries are switched off: our retry policy is the only one.
+Importing MLflow takes 2-3 s of CPU, creating a sqlite store another second, and each run
+10-15 ms: in a thread they would take the daemon's GIL from the files. So MLflow lives in a
+process of its own, and calls are sent to it. The supervisor starts it once the first files
+are stored (or a few seconds in), so on two cores it does not slow the first file down.
+MLflow's own HTTP retries are switched off: our retry policy is the only one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon import failpoints
+from daemon import failpoints, workers
 from daemon.config import MlflowSettings
-from daemon.errors import PermanentError
+from daemon.errors import PermanentError, TransientError
 from daemon.files import exclusive
 from daemon.logs import adopt, get_logger
+from daemon.retry import translate
 
 T = TypeVar("T")
 log = get_logger("dropzone.tracking")
 _LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
+_worker: Tracking | None = None  # in the MLflow process: its copy of the daemon's Tracking
+_made: OrderedDict[frozenset[tuple[str, str]], str] = OrderedDict()  # runs created here
+MADE_KEPT = 20_000  # the newest ones are enough: a retry repeats the call that just failed
+
+
+def remember(tags: dict[str, str], run_id: str) -> None:
+    """In the MLflow process: this run was created here (a retried call must not make another)."""
+    _made[frozenset(tags.items())] = run_id
+    if len(_made) > MADE_KEPT:
+        _made.popitem(last=False)
+
+
+def made_here(tags: dict[str, str]) -> str | None:
+    return _made.get(frozenset(tags.items()))
+
+
+def replaced() -> bool:
+    """In the MLflow process: True if it replaces one that died (whose runs it cannot know)."""
+    return _worker is not None and _worker.generation > 1
+
+
+def _init_worker(tracking: Tracking, daemon_pid: int, log_state: Any) -> None:
+    global _worker
+    workers.setup(daemon_pid, log_state)
+    _worker = tracking
+
+
+def _run(fn: Callable[[Any, str], T]) -> T:
+    """Run `fn` in the MLflow process; its errors come back as ours (MLflow's own exceptions
+    do not all survive pickling), classified here where their types are known."""
+    assert _worker is not None, "the pool initialiser sets it"
+    try:
+        return _worker.run(fn)
+    except Exception as exc:
+        raise translate(exc, "mlflow") from None
+
+
+def _connect_quietly() -> None:
+    try:
+        assert _worker is not None, "the pool initialiser sets it"
+        _worker.connect()
+    except Exception as exc:  # reported again, with retries, by the first real call
+        log.warning("mlflow_not_ready", error=str(exc)[:300])
 
 
 def init_sqlite_store(path: Path) -> None:
@@ -42,38 +91,59 @@ def init_sqlite_store(path: Path) -> None:
 
 
 class Tracking:
-    """Owns the MlflowClient; `call(fn)` runs `fn(client, experiment_id)` in the MLflow thread."""
+    """Owns the MLflow process; `call(fn)` runs `fn(client, experiment_id)` there. `fn` must be
+    picklable (a module-level function or a partial of one) and so must its result."""
 
     def __init__(self, settings: MlflowSettings, state_dir: Path) -> None:
         self.settings = settings
         self.state_dir = state_dir
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
-        self._client: Any = None
-        self._experiment_id = ""
+        self.generation = 0  # how many MLflow processes this daemon has started
+        self._executor = self._spawn()
         self.warmup: Future[None] | None = None
 
+    def _spawn(self) -> ProcessPoolExecutor:
+        """The MLflow process, forked from a server that imported MLflow once per daemon (a
+        restarted MLflow process, or the next one a test opens, starts in milliseconds)."""
+        self.generation += 1
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["daemon.tracking", "mlflow.tracking"])
+        return ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+                                   initargs=(self, *workers.parent_state()))
+
     def start(self) -> None:
-        """Import MLflow and open the store in the background."""
-        self.warmup = self._executor.submit(self._connect_quietly)
+        """Import MLflow and open the store in the background (once; else the first call
+        does it)."""
+        if self.warmup is None:
+            self.warmup = self._executor.submit(_connect_quietly)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def call(self, fn: Callable[[Any, str], T]) -> T:
-        return await asyncio.wrap_future(self._executor.submit(self._run, fn))
+        try:
+            return await asyncio.wrap_future(self._executor.submit(_run, fn))
+        except BrokenProcessPool as exc:  # the MLflow process died: a new one for next time
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._spawn()
+            raise TransientError(f"the MLflow process died ({exc})") from exc
 
-    def _run(self, fn: Callable[[Any, str], T]) -> T:
+    def __getstate__(self) -> dict[str, Any]:  # what the worker gets: settings, not the pool
+        return {"settings": self.settings, "state_dir": self.state_dir,
+                "generation": self.generation}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client: Any = None
+        self._experiment_id = ""
+
+    # -- in the MLflow process ------------------------------------------------------------------
+
+    def run(self, fn: Callable[[Any, str], T]) -> T:
         if self._client is None:
-            self._connect()
+            self.connect()
         return fn(self._client, self._experiment_id)
 
-    def _connect_quietly(self) -> None:
-        try:
-            self._connect()
-        except Exception as exc:  # reported again, with retries, by the first real call
-            log.warning("mlflow_not_ready", error=str(exc)[:300])
-
-    def _connect(self) -> None:
+    def connect(self) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         from mlflow.tracking import MlflowClient

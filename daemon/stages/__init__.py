@@ -18,7 +18,7 @@ from typing import Any
 
 from daemon.chunking import Chunk
 from daemon.config import Settings, ZoneSettings
-from daemon.embedders import Embedder
+from daemon.embedders.pool import EmbedPool
 from daemon.errors import LeaseLost
 from daemon.ledger import FileRow, Ledger
 from daemon.sessions import Sessions
@@ -36,14 +36,16 @@ ChunkSource = Callable[[], AsyncIterator[EmbeddedChunk]]
 
 @dataclass
 class Env:
-    """What every stage may use: settings, the one session pool, the ledger, the embedder."""
+    """What every stage may use: settings, the one session pool, the ledger, the embedder
+    (which runs in its worker processes)."""
 
     settings: Settings
     sessions: Sessions
     ledger: Ledger
-    embedder: Embedder
+    embedder: EmbedPool
     mode: str = "daemon"
     counts: Counter[str] = field(default_factory=Counter)
+    stored: asyncio.Event = field(default_factory=asyncio.Event)  # set once a batch is stored
 
 
 @dataclass

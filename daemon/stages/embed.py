@@ -1,4 +1,4 @@
-"""Embed: chunk the text and embed the chunks, off the event loop.
+"""Embed: chunk the text and embed the chunks, in the embedding workers (or a thread).
 
 The chunks of all small files of a batch are embedded in one call. A large file's chunks are
 produced lazily, batch by batch, as the store stage consumes them, so it is never held in
@@ -7,39 +7,29 @@ memory whole.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
-from daemon.chunking import Chunk, Chunker, chunk_text
+from daemon.chunking import Chunk, Chunker
 from daemon.stages import EmbeddedChunk, Env, Job, TextSource, timed
 
 
 async def run(jobs: list[Job], env: Env) -> None:
+    """Chunk and embed every small file's text in one call; give large files a stream."""
     small = [job for job in jobs if job.text is not None]
-    with timed(small, "embed"):
-        await asyncio.to_thread(embed_texts, small, env)
+    if small:
+        with timed(small, "embed"):
+            results = await env.embedder.chunk_and_embed([job.text or "" for job in small])
+        for job, (chunks, vectors) in zip(small, results, strict=True):
+            job.chunks = [EmbeddedChunk(c, v) for c, v in zip(chunks, vectors, strict=True)]
     for job in jobs:
         if job.text_stream is not None:
             job.chunk_stream = partial(embedded_chunks, job, env, job.text_stream)
 
 
-def embed_texts(jobs: list[Job], env: Env) -> None:
-    """Chunk every job's text, embed all the chunks at once, hand each job its own."""
-    settings = env.settings.embedding
-    per_job = [chunk_text(job.text or "", settings.chunk_chars, settings.chunk_overlap)
-               for job in jobs]
-    vectors = env.embedder.embed([chunk.text for chunks in per_job for chunk in chunks])
-    start = 0
-    for job, chunks in zip(jobs, per_job, strict=True):
-        job.chunks = [EmbeddedChunk(c, v) for c, v in
-                      zip(chunks, vectors[start:start + len(chunks)], strict=True)]
-        start += len(chunks)
-
-
 async def _embed(job: Job, env: Env, chunks: list[Chunk]) -> list[EmbeddedChunk]:
     with timed([job], "embed"):
-        vectors = await asyncio.to_thread(env.embedder.embed, [c.text for c in chunks])
+        vectors = await env.embedder.embed([c.text for c in chunks])
     return [EmbeddedChunk(c, v) for c, v in zip(chunks, vectors, strict=True)]
 
 

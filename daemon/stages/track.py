@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import daemon
-from daemon import failpoints
+from daemon import failpoints, tracking
 from daemon.ledger import FileRow
 from daemon.stages import Env
 
@@ -59,10 +59,26 @@ def metrics(rows: Sequence[FileRow]) -> dict[str, float]:
     return out
 
 
-def _find_run(client: Any, experiment_id: str, tags: dict[str, str]) -> Any:
+def _find_run(client: Any, experiment_id: str, tags: dict[str, str], resumed: bool) -> Any:
+    """The run with these tags, if one can exist: made earlier by this MLflow process (a
+    retried call), or by anyone when the batch is `resumed` (its tracker died) or this
+    process is a replacement for one that died. A fresh batch costs no search."""
+    made = tracking.made_here(tags)
+    if made is not None:
+        return client.get_run(made)
+    if not (resumed or tracking.replaced()):
+        return None
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0] if runs else None
+
+
+def _create_run(client: Any, experiment_id: str, tags: dict[str, str], name: str,
+                extra: dict[str, str] | None = None) -> Any:
+    """A new run, remembered by the `tags` it is found by (it carries `extra` ones too)."""
+    run = client.create_run(experiment_id, tags={**tags, **(extra or {})}, run_name=name)
+    tracking.remember(tags, str(run.info.run_id))
+    return run
 
 
 def _log(client: Any, run: Any, values: dict[str, float], names: dict[str, str]) -> None:
@@ -79,11 +95,11 @@ def batch_run(batch_id: str, names: dict[str, str], values: dict[str, float],
               experiment_id: str) -> str:
     """Find (if `resumed`) or create the batch's run, fill it, close it; returns its id."""
     tags = {"dropzone.batch_id": batch_id}
-    run = _find_run(client, experiment_id, tags) if resumed else None
+    run = _find_run(client, experiment_id, tags, resumed)
     if run is not None and run.info.status == "FINISHED":
         return str(run.info.run_id)
-    run = run or client.create_run(experiment_id, tags=tags,
-                                   run_name=time.strftime("dropzone-%Y%m%d-%H%M%S"))
+    run = run or _create_run(client, experiment_id, tags,
+                             time.strftime("dropzone-%Y%m%d-%H%M%S"))
     failpoints.hit("mid_mlflow_run")
     _log(client, run, values, names)
     with tempfile.TemporaryDirectory() as folder:
@@ -94,18 +110,25 @@ def batch_run(batch_id: str, names: dict[str, str], values: dict[str, float],
     return str(run.info.run_id)
 
 
-def file_run(rec: dict[str, Any], names: dict[str, str], values: dict[str, float],
-             resumed: bool, client: Any, experiment_id: str) -> str:
-    """The original guide's way: one run per file, found again (if `resumed`) by its
-    content's tag."""
+def file_runs(recs: list[dict[str, Any]], names: dict[str, str],
+              values: list[dict[str, float]], resumed: bool, client: Any,
+              experiment_id: str) -> list[str]:
+    """The original guide's way, one run per file (found again by its content's tag), for a
+    whole batch in one call to the MLflow process; returns the run ids in order."""
+    return [_file_run(rec, names, vals, resumed, client, experiment_id)
+            for rec, vals in zip(recs, values, strict=True)]
+
+
+def _file_run(rec: dict[str, Any], names: dict[str, str], values: dict[str, float],
+              resumed: bool, client: Any, experiment_id: str) -> str:
     tags = {"dropzone.sha256": str(rec["sha256"]), "dropzone.zone": str(rec["zone"])}
-    run = _find_run(client, experiment_id, tags) if resumed else None
+    run = _find_run(client, experiment_id, tags, resumed)
     if run is not None and run.info.status == "FINISHED":
         return str(run.info.run_id)
     extra = {"dropzone.source_path": rec["source_path"], "dropzone.object_key": rec["object_key"],
              "dropzone.doc_type": rec["doc_type"], "dropzone.status": rec["status"]}
-    run = run or client.create_run(experiment_id, tags={**tags, **extra},
-                                   run_name=Path(rec["source_path"]).name[:200])
+    run = run or _create_run(client, experiment_id, tags, Path(rec["source_path"]).name[:200],
+                             extra)
     _log(client, run, values, names)
     client.set_terminated(run.info.run_id)
     return str(run.info.run_id)
@@ -113,7 +136,8 @@ def file_run(rec: dict[str, Any], names: dict[str, str], values: dict[str, float
 
 async def run_batch(rows: Sequence[FileRow], env: Env, resumed: bool) -> None:
     """Record a claimed batch; afterwards stored files move on to `finish`. Only a `resumed`
-    batch (its tracker died) can have runs already, so only then are they looked for."""
+    batch (its tracker died) can have runs made by another process, so only then are they
+    looked for (a retried call finds its own, see `tracking.made_here`)."""
     if not rows:
         return
     if env.settings.mlflow.run_per_file:
@@ -127,11 +151,15 @@ async def run_batch(rows: Sequence[FileRow], env: Env, resumed: bool) -> None:
 
 
 async def _per_file(rows: Sequence[FileRow], env: Env, resumed: bool) -> None:
-    for row in rows:
-        if row.stage != "track":  # failures are counted, not given runs of their own
-            await env.ledger.tracked([row.id], None)
-            continue
-        call = partial(file_run, record(row, env), params(env, 1), metrics([row]), resumed)
-        run_id = await env.sessions.mlflow(call, "mlflow file run")
-        failpoints.hit("after_mlflow")
+    stored = [row for row in rows if row.stage == "track"]
+    failed = [row.id for row in rows if row.stage != "track"]
+    if failed:  # failures are counted, not given runs of their own
+        await env.ledger.tracked(failed, None)
+    if not stored:
+        return
+    call = partial(file_runs, [record(r, env) for r in stored], params(env, 1),
+                   [metrics([r]) for r in stored], resumed)
+    run_ids = await env.sessions.mlflow(call, "mlflow file runs")
+    failpoints.hit("after_mlflow")
+    for row, run_id in zip(stored, run_ids, strict=True):
         await env.ledger.tracked([row.id], run_id)

@@ -6,13 +6,24 @@ that must not be torn apart; other trials kill it from outside at random moments
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import signal
 import time
 from pathlib import Path
 
-from tests.helpers import REPO, Daemon, Sinks, assert_exactly_once, drop, s3_storage, write_config
+from tests.helpers import (
+    REPO,
+    Daemon,
+    Sinks,
+    assert_exactly_once,
+    drop,
+    s3_config,
+    s3_storage,
+    wait_until,
+    write_config,
+)
 
 # (failpoint, on which pass to die): every window between two durable writes
 TRIALS = [
@@ -86,3 +97,38 @@ def test_kill_9_during_the_very_first_start(tmp_path: Path) -> None:
     final = Daemon(path, "--once")
     assert final.run() == 0, final.output()[-3000:]
     assert_exactly_once(Sinks(path), texts, tmp_path / "var" / "done" / "documents")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children...), from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found |= {child} | descendants(child)
+    return found
+
+
+def test_worker_processes_die_with_a_killed_daemon(tmp_path: Path, database_url: str,
+                                                   s3_endpoint: str, bucket: str) -> None:
+    """The embedding workers and the MLflow process (and its fork server) do not outlive a
+    daemon killed with SIGKILL: nothing is left holding memory or the MLflow store."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    with Daemon(path) as daemon:
+        daemon.wait_for("daemon_ready")
+        drop(tmp_path / "zones" / "docs", "a.txt", "some words to embed " * 50)
+        daemon.wait_for("file_processed", outcome="stored")
+        assert daemon.process is not None
+        workers = descendants(daemon.process.pid)
+        assert len(workers) >= 3, workers  # embedding worker, MLflow fork server and process
+        daemon.signal(signal.SIGKILL)
+        daemon.wait(30)
+        wait_until(lambda: not [p for p in workers if Path(f"/proc/{p}").exists()
+                                and "zombie" not in _state(p)],
+                   timeout_s=10, what=f"workers {sorted(workers)} to exit")
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    return "gone"

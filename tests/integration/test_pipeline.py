@@ -141,6 +141,7 @@ async def test_a_file_deleted_before_it_is_read_ends_as_vanished(
         tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
     """A recorded file that is gone when its turn comes: outcome vanished, nothing stored."""
     from daemon.embedders import create
+    from daemon.embedders.pool import EmbedPool
     from daemon.ledger import Entry, Ledger
     from daemon.pipeline import process
     from daemon.sessions import Sessions
@@ -151,7 +152,8 @@ async def test_a_file_deleted_before_it_is_read_ends_as_vanished(
         ledger = Ledger(sessions, ["docs"], "test", 30)
         await ledger.discover("docs", [Entry("gone.txt", 10, 1)])
         [row] = await ledger.claim(1)
-        env = Env(settings, sessions, ledger, create(settings.embedding))
+        embedder = EmbedPool(create(settings.embedding), settings.embedding, 0)
+        env = Env(settings, sessions, ledger, embedder)
         assert await process([row], env) == []
     assert (row.stage, row.outcome) == ("done", "vanished")
     assert env.counts == {"vanished": 1}

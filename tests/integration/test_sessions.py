@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
@@ -17,19 +20,30 @@ from tests.helpers import free_port, s3_storage, settings_for
 FAST = RetryPolicy(attempts=3, deadline_s=10, base_s=0.01, max_s=0.05)
 
 
+def get_run(run_id: str, client: Any, experiment_id: str) -> Any:
+    """Sent to the MLflow process, so a module-level function (lambdas do not pickle)."""
+    return client.get_run(run_id)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-put", "sdk-put"])
 async def test_s3_round_trip_with_encryption(tmp_path: Path, database_url: str, s3_endpoint: str,
-                                             bucket: str) -> None:
-    """put, get, list and delete work under the prefix, and objects are stored with SSE."""
-    settings = settings_for(tmp_path, database_url, storage=s3_storage(s3_endpoint, bucket, "p"))
+                                             bucket: str, direct: bool) -> None:
+    """put, get, list and delete work under the prefix, and objects are stored with SSE, the
+    content type and the MD5 ETag, whichever way they go up (keys with odd characters too)."""
+    storage = {**s3_storage(s3_endpoint, bucket, "p"), "direct_put": direct}
+    settings = settings_for(tmp_path, database_url, storage=storage)
+    key, body = "a/b c+d~é%.txt", b"hello" * 1000
     async with Sessions(settings) as sessions:
-        put = await sessions.put_object("a/b.txt", b"hello")
-        assert put.url == f"s3://{bucket}/p/a/b.txt"
-        assert await sessions.get_object("a/b.txt") == b"hello"
-        assert await sessions.list_objects("a/") == ["a/b.txt"]
+        assert (sessions.store.direct is not None) is direct  # type: ignore[attr-defined]
+        put = await sessions.put_object(key, body)
+        assert put.url == f"s3://{bucket}/p/{key}"
+        assert (put.etag, put.sse) == (hashlib.md5(body).hexdigest(), "AES256")
+        assert await sessions.get_object(key) == body
+        assert await sessions.list_objects("a/") == [key]
         head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(Bucket=bucket,
-                                                                        Key="p/a/b.txt")
-        assert head["ServerSideEncryption"] == "AES256"
-        await sessions.delete_object("a/b.txt")
+                                                                        Key=f"p/{key}")
+        assert (head["ServerSideEncryption"], head["ContentType"]) == ("AES256", "text/plain")
+        await sessions.delete_object(key)
         assert await sessions.list_objects() == []
 
 
@@ -55,11 +69,12 @@ async def test_unreachable_s3_is_transient_and_bounded(tmp_path: Path, database_
             await sessions.put_object("k", b"x")
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-put", "sdk-put"])
 async def test_missing_bucket_is_permanent(tmp_path: Path, database_url: str,
-                                           s3_endpoint: str) -> None:
-    """NoSuchBucket is not retried: it will not fix itself."""
-    settings = settings_for(tmp_path, database_url,
-                            storage=s3_storage(s3_endpoint, "no-such-bucket-here"))
+                                           s3_endpoint: str, direct: bool) -> None:
+    """NoSuchBucket is not retried: it will not fix itself (said alike by both put paths)."""
+    storage = {**s3_storage(s3_endpoint, "no-such-bucket-here"), "direct_put": direct}
+    settings = settings_for(tmp_path, database_url, storage=storage)
     async with Sessions(settings, policy=FAST) as sessions:
         with pytest.raises(PermanentError, match="NoSuchBucket"):
             await sessions.put_object("k", b"x")
@@ -98,7 +113,7 @@ async def test_mlflow_on_sqlite(tmp_path: Path, database_url: str) -> None:
     async with Sessions(settings) as sessions:
         run_id = await sessions.log_mlflow_run({"model": "m"}, {"files": 3.0}, {"k": "v"})
         assert await sessions.probe_mlflow()
-        run = await sessions.mlflow(lambda client, _: client.get_run(run_id))
+        run = await sessions.mlflow(partial(get_run, run_id))
     assert run.data.metrics == {"files": 3.0}
     assert run.data.params == {"model": "m"}
     assert run.info.artifact_uri.startswith((tmp_path / "var" / "mlartifacts").as_uri())
@@ -110,7 +125,7 @@ async def test_mlflow_over_http(tmp_path: Path, database_url: str, mlflow_server
                                                             "experiment": "http-test"})
     async with Sessions(settings) as sessions:
         run_id = await sessions.log_mlflow_run({"model": "m"}, {"files": 1.0})
-        run = await sessions.mlflow(lambda client, _: client.get_run(run_id))
+        run = await sessions.mlflow(partial(get_run, run_id))
     assert run.data.metrics == {"files": 1.0}
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 
+import aiohttp
 import asyncpg
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from daemon.errors import FileVanished, PermanentError, TransientError
 from daemon.retry import RetryPolicy, describe, is_transient, translate
+from daemon.s3put import error_from
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -57,6 +60,12 @@ class FakeRequestsConnectionError(OSError):
     (FakeMlflowError("API request failed: Max retries exceeded", "INTERNAL_ERROR"), True),
     (FakeMlflowError("bad param", "INVALID_PARAMETER_VALUE"), False),
     (FakeRequestsConnectionError("refused"), True),
+    (aiohttp.ClientConnectorError(ConnectionKey("h", 1, False, True, None, None, None),
+                                  OSError(errno.ECONNREFUSED, "refused")), True),
+    (aiohttp.ServerDisconnectedError(), True),
+    (aiohttp.ClientPayloadError("body cut short"), True),
+    (error_from(503, "<Error><Code>SlowDown</Code><Message>m</Message></Error>"), True),
+    (error_from(403, "<Error><Code>AccessDenied</Code></Error>"), False),
     (TransientError("x"), True),
     (PermanentError("x"), False),
     (FileVanished("gone"), False),

@@ -1,0 +1,112 @@
+"""Where chunking and embedding run: in worker processes, so the daemon's own process keeps
+its one core (its GIL) for I/O, or in a thread when `pipeline.cpu_workers` is 0.
+
+Spawning the workers takes about half a second; until they answer, work runs in a thread, so
+nothing waits for them. They live and die with the daemon (`daemon.workers`). A worker
+that dies (killed, out of memory) breaks the pool: the call fails as a transient error and a new
+pool is started, so the batch is retried rather than lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from daemon import workers
+from daemon.chunking import Chunk, chunk_text
+from daemon.config import EmbeddingSettings
+from daemon.embedders import Embedder, Vectors, create
+from daemon.errors import TransientError
+
+T = TypeVar("T")
+Chunked = list[tuple[list[Chunk], Vectors]]
+_embedder: Embedder | None = None  # the worker process's own
+
+
+def chunk_and_embed(embedder: Embedder, texts: Sequence[str], size: int,
+                    overlap: int) -> Chunked:
+    """Each text's chunks with their vectors; all chunks embedded in one call."""
+    per_text = [chunk_text(text, size, overlap) for text in texts]
+    vectors = embedder.embed([chunk.text for chunks in per_text for chunk in chunks])
+    out, start = [], 0
+    for chunks in per_text:
+        out.append((chunks, vectors[start:start + len(chunks)]))
+        start += len(chunks)
+    return out
+
+
+def _init_worker(settings: EmbeddingSettings, daemon_pid: int, log_state: Any) -> None:
+    global _embedder
+    workers.setup(daemon_pid, log_state)
+    _embedder = create(settings)
+
+
+def _in_worker(fn: Callable[..., T], *args: Any) -> T:
+    assert _embedder is not None, "the pool initialiser creates it"
+    return fn(_embedder, *args)
+
+
+def _embed(embedder: Embedder, texts: Sequence[str]) -> Vectors:
+    return embedder.embed(texts)
+
+
+def _ready(embedder: Embedder) -> str:
+    return embedder.name
+
+
+class EmbedPool:
+    """The embedder behind an async interface, its work in `processes` worker processes."""
+
+    def __init__(self, embedder: Embedder, settings: EmbeddingSettings, processes: int) -> None:
+        self.embedder = embedder
+        self.name, self.dim = embedder.name, embedder.dim
+        self.settings = settings
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready: Future[str] | None = None
+
+    def start(self) -> None:
+        """Spawn the workers in the background (no-op with 0 processes)."""
+        if self.processes > 0:
+            self._pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.settings, *workers.parent_state()))
+            self._ready = self._pool.submit(_in_worker, _ready)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def chunk_and_embed(self, texts: Sequence[str]) -> Chunked:
+        size, overlap = self.settings.chunk_chars, self.settings.chunk_overlap
+        return await self._run(chunk_and_embed, list(texts), size, overlap)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        return await self._run(_embed, list(texts))
+
+    def _workers(self) -> ProcessPoolExecutor | None:
+        """The pool once its workers have answered; None means: work in a thread."""
+        ready = self._ready
+        if ready is None or not ready.done() or ready.cancelled() or ready.exception():
+            return None
+        return self._pool
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        pool = self._workers()
+        if pool is None:
+            return await asyncio.to_thread(fn, self.embedder, *args)
+        try:
+            return await asyncio.wrap_future(pool.submit(_in_worker, fn, *args))
+        except BrokenProcessPool as exc:
+            self._restart(pool)
+            raise TransientError(f"an embedding worker died ({exc}); started new ones") from exc
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        if self._pool is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            self.start()

@@ -1,0 +1,44 @@
+"""What every worker process (embedding, MLflow) does first: live and die with the daemon.
+
+Workers ignore SIGINT (a Ctrl-C on a terminal is the daemon's to handle, by draining), log
+exactly as the daemon does, let failpoints kill the daemon rather than only themselves, and
+exit the moment the daemon is gone however it ended (a SIGKILL included): a pool's own pipes
+do not tell them, and a worker outliving its daemon would hold memory and an MLflow store.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+from typing import Any
+
+from daemon import failpoints, logs
+
+
+def setup(daemon_pid: int, log_state: Any) -> None:
+    """Run first in each worker process (a pool's initializer calls it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logs.replay(log_state)
+    failpoints.in_worker(daemon_pid)
+    die_with(daemon_pid)
+
+
+def die_with(pid: int) -> None:
+    """Exit this process as soon as process `pid` has ended (a pidfd, no polling)."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(0)
+
+    def watch() -> None:
+        select.select([handle], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="die-with-daemon", daemon=True).start()
+
+
+def parent_state() -> tuple[int, Any]:
+    """What `setup` needs, taken in the daemon."""
+    return os.getpid(), logs.snapshot()
