@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +42,11 @@ class Ctx:
     work: Path
     timeout_s: float
 
-    def timed(self, cmd: list[str], label: str, cwd: Path | None = None) -> infra.Timed:
+    def timed(self, cmd: list[str], label: str, cwd: Path | None = None,
+              memory: infra.PeakPss | None = None) -> infra.Timed:
         """Run one step of this contender, its output in `<work>/<label>.log`."""
         return infra.run_timed(cmd, infra.clean_env({}), self.work / f"{label}.log",
-                               self.timeout_s, cwd)
+                               self.timeout_s, cwd, memory)
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
            str(daemon_config(ctx, zone, run_per_file)), "--once", "--log-format", "json"]
     require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
     fill_zone(ctx.corpus, zone)
-    run = ctx.timed(cmd, "run", REPO)
+    memory = infra.PeakPss()
+    run = ctx.timed(cmd, "run", REPO, memory)
     require(run, "--once")
     expect("documents", infra.count_rows(ctx.db_url, "documents"), ctx.files)
     expect("objects", ctx.moto.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
@@ -188,7 +191,8 @@ def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
     elif runs < 1:
         raise Failed("no finished MLflow run")
     chunks = infra.count_rows(ctx.db_url, "document_embeddings")
-    return Outcome(ctx.files, run.seconds, note=f"{chunks} chunks, {runs} MLflow run(s)")
+    return Outcome(ctx.files, run.seconds, note=f"{chunks} chunks, {runs} MLflow run(s), "
+                                                f"peak PSS {memory.peak / 2**20:.0f} MiB")
 
 
 def dropzone(ctx: Ctx) -> Outcome:
@@ -227,6 +231,73 @@ def _first_commit(ctx: Ctx, cmd: list[str], zone: Path, trial: int) -> float:
     spawned = time.time()
     require(ctx.timed(cmd, f"run-{trial}", REPO), f"--once, trial {trial}")
     return infra.last_document_at(ctx.db_url) - spawned
+
+
+def _processes(ctx: Ctx, count: int) -> Outcome:
+    """`count` daemons (`--once`) started together on one zone and one database: they share
+    the backlog through the ledger. Timed from the first spawn to the last exit."""
+    zone = ctx.work / "zone"
+    zone.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "daemon", "--config",
+           str(daemon_config(ctx, zone, run_per_file=False)), "--once", "--log-format", "json"]
+    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    fill_zone(ctx.corpus, zone)
+    env = infra.clean_env({})
+    start = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        runs = list(pool.map(lambda i: infra.run_timed(cmd, env, ctx.work / f"run-{i}.log",
+                                                       ctx.timeout_s, REPO), range(count)))
+    seconds = time.perf_counter() - start
+    for index, run in enumerate(runs):
+        require(run, f"--once #{index}")
+    expect("documents", infra.count_rows(ctx.db_url, "documents"), ctx.files)
+    return Outcome(ctx.files, seconds, note=f"{count} processes sharing one ledger")
+
+
+def dropzone_x2(ctx: Ctx) -> Outcome:
+    """Two daemons on one backlog."""
+    return _processes(ctx, 2)
+
+
+def dropzone_x4(ctx: Ctx) -> Outcome:
+    """Four daemons on one backlog."""
+    return _processes(ctx, 4)
+
+
+LARGE_MB = int(os.environ.get("DZ_BENCH_LARGE_MB", "1024"))
+
+
+def dropzone_large_file(ctx: Ctx) -> Outcome:
+    """Memory: one large text file (DZ_BENCH_LARGE_MB, default 1 GiB, made of the corpus's
+    texts) through `--once`; peak PSS of the daemon and its workers, sampled every 0.2 s."""
+    zone = ctx.work / "zone"
+    zone.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "daemon", "--config",
+           str(daemon_config(ctx, zone, run_per_file=False)), "--once", "--log-format", "json"]
+    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    size = _large_file(ctx.corpus, zone / "large.txt", LARGE_MB * 2**20)
+    memory = infra.PeakPss()
+    run = ctx.timed(cmd, "run", REPO, memory)
+    require(run, "--once")
+    expect("documents", infra.count_rows(ctx.db_url, "documents"), 1)
+    chunks = infra.count_rows(ctx.db_url, "document_embeddings")
+    return Outcome(1, run.seconds, note=f"{size / 2**20:.0f} MiB file, {chunks} chunks, peak "
+                                        f"PSS {memory.peak / 2**20:.0f} MiB")
+
+
+def _large_file(corpus: Path, target: Path, size: int) -> int:
+    """Concatenate the corpus's texts, again and again, into `target` until `size` bytes."""
+    texts = [path.read_bytes() for path in corpus_files(corpus)]
+    written = 0
+    with target.open("wb") as out:
+        while written < size:
+            for text in texts:
+                written += out.write(text + b"\n\n")
+                if written >= size:
+                    break
+    old = time.time() - 3600
+    os.utime(target, (old, old))
+    return written
 
 
 LATENCY_DROPS, LATENCY_SETTLE_MS, IDLE_S = 20, 200, 12.0
@@ -281,4 +352,7 @@ CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
     "mlflow-alone-per-file": mlflow_alone,
     "dropzone-startup": dropzone_startup,
     "dropzone-latency": dropzone_latency,
+    "dropzone-x2": dropzone_x2,
+    "dropzone-x4": dropzone_x4,
+    "dropzone-large-file": dropzone_large_file,
 }

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -65,8 +66,51 @@ class Timed:
         return " | ".join(line.strip()[:200] for line in text[-lines:])
 
 
+class PeakPss:
+    """The peak proportional set size of a process and all its descendants (the daemon, its
+    embedding workers, its MLflow process), sampled every `every_s` from /proc."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s = every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._watch, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self, pid: int) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, sum(map(pss_bytes, {pid} | descendants(pid))))
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (children of each thread, recursively)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in map(int, (task / "children").read_text().split()):
+                found |= {child} | descendants(child)
+    return found
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size (shared pages counted once over their sharers)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_timed(cmd: Sequence[str], env: Mapping[str, str], log: Path, timeout_s: float,
-              cwd: Path | None = None) -> Timed:
+              cwd: Path | None = None, memory: PeakPss | None = None) -> Timed:
     """Run `cmd` to completion, wall-clock timed from spawn to exit, output to `log`.
 
     Output goes to a file, not a pipe, so a chatty process (the daemon logs a JSON line per
@@ -78,12 +122,16 @@ def run_timed(cmd: Sequence[str], env: Mapping[str, str], log: Path, timeout_s: 
         process = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
+        if memory is not None:
+            memory.start(process.pid)
         try:
             code: int | None = process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             code = None
         finally:
             elapsed = time.perf_counter() - start
+            if memory is not None:
+                memory.stop()
             stop(process)
     return Timed(code, elapsed, log)
 

@@ -120,6 +120,8 @@ def _ratio(base: Outcome | None, outcome: Outcome) -> str:
     ours is a latency."""
     if outcome.latency or base is None or not base.ok or not outcome.ok:
         return "-"
+    if base.files != outcome.files:  # one large file against a corpus: nothing to compare
+        return "-"
     if not base.seconds or not outcome.seconds:
         return "-"
     return f"{base.seconds / outcome.seconds:.2f}"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 MAX_NAME_BYTES = 200
 _UNSAFE_RUN = re.compile(r"_+")
+PART_BYTES = 8 * 1024**2  # multipart part size: 125 parts for a 1 GiB file (S3 allows 10,000)
 _HEADERS = {"ContentType": "Content-Type", "ServerSideEncryption": "x-amz-server-side-encryption",
             "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
 
@@ -184,12 +185,13 @@ class S3Store:
         return await self.put_bytes(key, await asyncio.to_thread(path.read_bytes))
 
     async def _put_multipart(self, key: str, path: Path) -> PutResult:
-        """Stream a large file in parts; memory stays near (queue + concurrency) x part size."""
+        """Stream a large file in parts; memory stays near (queue + concurrency) x part size
+        (24 MiB: with 16 MiB parts, 4 at once and a queue of 2 it was ~100 MiB)."""
         from boto3.s3.transfer import TransferConfig
 
-        part = 16 * 1024**2
         config = TransferConfig(multipart_threshold=int(self.settings.multipart_threshold),
-                                multipart_chunksize=part, max_concurrency=4, max_io_queue=2)
+                                multipart_chunksize=PART_BYTES, max_concurrency=2,
+                                max_io_queue=1)
         await self.client.upload_file(str(path), self.bucket, self.full_key(key),
                                       ExtraArgs=self._extra(key), Config=config)
         head = await self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))

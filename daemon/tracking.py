@@ -29,6 +29,7 @@ from daemon.retry import translate
 T = TypeVar("T")
 log = get_logger("dropzone.tracking")
 _LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
+PRELOAD_ENV = "DROPZONE_MLFLOW_PRELOAD"
 _worker: Tracking | None = None  # in the MLflow process: its copy of the daemon's Tracking
 _made: OrderedDict[frozenset[tuple[str, str]], str] = OrderedDict()  # runs created here
 MADE_KEPT = 20_000  # the newest ones are enough: a retry repeats the call that just failed
@@ -102,11 +103,15 @@ class Tracking:
         self.warmup: Future[None] | None = None
 
     def _spawn(self) -> ProcessPoolExecutor:
-        """The MLflow process, forked from a server that imported MLflow once per daemon (a
-        restarted MLflow process, or the next one a test opens, starts in milliseconds)."""
+        """The MLflow process, forked from a small server. With DROPZONE_MLFLOW_PRELOAD=1 that
+        server imports MLflow once, so each new MLflow process starts in milliseconds (the
+        test suite opens hundreds), at the price of ~120 MiB more memory held by the server."""
         self.generation += 1
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["daemon.tracking", "mlflow.tracking"])
+        preload = ["daemon.tracking"]
+        if os.environ.get(PRELOAD_ENV) == "1":
+            preload.append("mlflow.tracking")
+        context.set_forkserver_preload(preload)
         return ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
                                    initargs=(self, *workers.parent_state()))
 

@@ -33,6 +33,20 @@ AWS_ENV = {
 
 
 @pytest.fixture(scope="session", autouse=True)
+def mlflow_preload() -> Iterator[None]:
+    """The suite opens hundreds of MLflow processes: let them fork from a server that imported
+    MLflow once (daemon/tracking.py). Daemons started by tests inherit it unless a test says
+    otherwise; the benchmarks and users run without it."""
+    saved = os.environ.get("DROPZONE_MLFLOW_PRELOAD")
+    os.environ["DROPZONE_MLFLOW_PRELOAD"] = "1"
+    yield
+    if saved is None:
+        os.environ.pop("DROPZONE_MLFLOW_PRELOAD")
+    else:
+        os.environ["DROPZONE_MLFLOW_PRELOAD"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def aws_env() -> Iterator[None]:
     """Fake AWS credentials for moto; the daemon finds them through the standard chain."""
     saved = {k: os.environ.get(k) for k in AWS_ENV}
