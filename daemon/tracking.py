@@ -10,7 +10,6 @@ MLflow's own HTTP retries are switched off: our retry policy is the only one.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from daemon.retry import translate
 T = TypeVar("T")
 log = get_logger("dropzone.tracking")
 _LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
-PRELOAD_ENV = "DROPZONE_MLFLOW_PRELOAD"
 _worker: Tracking | None = None  # in the MLflow process: its copy of the daemon's Tracking
 _made: OrderedDict[frozenset[tuple[str, str]], str] = OrderedDict()  # runs created here
 MADE_KEPT = 20_000  # the newest ones are enough: a retry repeats the call that just failed
@@ -103,16 +101,9 @@ class Tracking:
         self.warmup: Future[None] | None = None
 
     def _spawn(self) -> ProcessPoolExecutor:
-        """The MLflow process, forked from a small server. With DROPZONE_MLFLOW_PRELOAD=1 that
-        server imports MLflow once, so each new MLflow process starts in milliseconds (the
-        test suite opens hundreds), at the price of ~120 MiB more memory held by the server."""
+        """The MLflow process (`workers.context`: it imports MLflow on its first call)."""
         self.generation += 1
-        context = multiprocessing.get_context("forkserver")
-        preload = ["daemon.tracking"]
-        if os.environ.get(PRELOAD_ENV) == "1":
-            preload.append("mlflow.tracking")
-        context.set_forkserver_preload(preload)
-        return ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+        return ProcessPoolExecutor(1, mp_context=workers.context(), initializer=_init_worker,
                                    initargs=(self, *workers.parent_state()))
 
     def start(self) -> None:

@@ -1,16 +1,16 @@
 """Where chunking and embedding run: in worker processes, so the daemon's own process keeps
 its one core (its GIL) for I/O, or in a thread when `pipeline.cpu_workers` is 0.
 
-Spawning the workers takes about half a second; until they answer, work runs in a thread, so
-nothing waits for them. They live and die with the daemon (`daemon.workers`). A worker
-that dies (killed, out of memory) breaks the pool: the call fails as a transient error and a new
-pool is started, so the batch is retried rather than lost.
+Starting the workers (and the fork server they come from) takes about half a second; until
+they answer, work runs in a thread, so nothing waits for them. They live and die with the
+daemon (`daemon.workers`). A worker that dies (killed, out of memory) breaks the pool: the call
+fails as a transient error and a new pool is started, so the batch is retried, not lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -68,16 +68,25 @@ class EmbedPool:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[str] | None = None
+        self._starter: threading.Thread | None = None
 
     def start(self) -> None:
-        """Spawn the workers in the background (no-op with 0 processes)."""
+        """Start the workers from a thread (no-op with 0 processes): the first start also
+        starts the fork server, and asking it for a process waits for its imports."""
         if self.processes > 0:
-            self._pool = ProcessPoolExecutor(
-                self.processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.settings, *workers.parent_state()))
-            self._ready = self._pool.submit(_in_worker, _ready)
+            self._starter = threading.Thread(target=self._start, name="embed-pool-start")
+            self._starter.start()
+
+    def _start(self) -> None:
+        pool = ProcessPoolExecutor(self.processes, mp_context=workers.context(),
+                                   initializer=_init_worker,
+                                   initargs=(self.settings, *workers.parent_state()))
+        self._pool = pool  # before `_ready`: a done `_ready` always comes with its pool
+        self._ready = pool.submit(_in_worker, _ready)
 
     def close(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
