@@ -172,13 +172,29 @@ def fill_zone(corpus: Path, zone: Path) -> None:
             shutil.copy2(source, target)
 
 
-def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
-    """Warm-up `--once` on an empty zone (schema, MLflow store), fill it, time `--once`."""
+def daemon_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "daemon", "--config", str(config), *args, "--log-format", "json"]
+
+
+def warmed_up(ctx: Ctx, run_per_file: bool = False) -> tuple[Path, list[str]]:
+    """An empty zone and the `--once` command on it, after one untimed `--once` there (it
+    creates the schema and the MLflow store, so timed runs measure the steady state)."""
     zone = ctx.work / "zone"
     zone.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "daemon", "--config",
-           str(daemon_config(ctx, zone, run_per_file)), "--once", "--log-format", "json"]
+    cmd = daemon_command(daemon_config(ctx, zone, run_per_file), "--once")
     require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    return zone, cmd
+
+
+def settled(path: Path) -> None:
+    """Backdate a file's mtime by an hour: the daemon takes it without waiting settle_ms."""
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
+def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
+    """Warm-up `--once` on an empty zone, fill it, time `--once`."""
+    zone, cmd = warmed_up(ctx, run_per_file)
     fill_zone(ctx.corpus, zone)
     memory = infra.PeakPss()
     run = ctx.timed(cmd, "run", REPO, memory)
@@ -211,11 +227,7 @@ STARTUP_TRIALS = 5
 def dropzone_startup(ctx: Ctx) -> Outcome:
     """Start-up: from spawning `--once` to its first file committed in Postgres, one small
     file, stores already made (the median of a few trials)."""
-    zone = ctx.work / "zone"
-    zone.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "daemon", "--config",
-           str(daemon_config(ctx, zone, run_per_file=False)), "--once", "--log-format", "json"]
-    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    zone, cmd = warmed_up(ctx)
     times = sorted(_first_commit(ctx, cmd, zone, trial) for trial in range(STARTUP_TRIALS))
     return Outcome(1, statistics.median(times), latency=True,
                    note=f"spawn to first document committed, median of {len(times)} "
@@ -227,7 +239,7 @@ def _first_commit(ctx: Ctx, cmd: list[str], zone: Path, trial: int) -> float:
     text = next(iter(corpus_files(ctx.corpus))).read_text()
     target = zone / f"startup-{trial}.txt"
     target.write_text(f"{text}\ntrial {trial} at {time.time()}\n")
-    os.utime(target, (time.time() - 3600, time.time() - 3600))
+    settled(target)
     spawned = time.time()
     require(ctx.timed(cmd, f"run-{trial}", REPO), f"--once, trial {trial}")
     return infra.last_document_at(ctx.db_url) - spawned
@@ -236,11 +248,7 @@ def _first_commit(ctx: Ctx, cmd: list[str], zone: Path, trial: int) -> float:
 def _processes(ctx: Ctx, count: int) -> Outcome:
     """`count` daemons (`--once`) started together on one zone and one database: they share
     the backlog through the ledger. Timed from the first spawn to the last exit."""
-    zone = ctx.work / "zone"
-    zone.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "daemon", "--config",
-           str(daemon_config(ctx, zone, run_per_file=False)), "--once", "--log-format", "json"]
-    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    zone, cmd = warmed_up(ctx)
     fill_zone(ctx.corpus, zone)
     env = infra.clean_env({})
     start = time.perf_counter()
@@ -270,11 +278,7 @@ LARGE_MB = int(os.environ.get("DZ_BENCH_LARGE_MB", "1024"))
 def dropzone_large_file(ctx: Ctx) -> Outcome:
     """Memory: one large text file (DZ_BENCH_LARGE_MB, default 1 GiB, made of the corpus's
     texts) through `--once`; peak PSS of the daemon and its workers, sampled every 0.2 s."""
-    zone = ctx.work / "zone"
-    zone.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "daemon", "--config",
-           str(daemon_config(ctx, zone, run_per_file=False)), "--once", "--log-format", "json"]
-    require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
+    zone, cmd = warmed_up(ctx)
     size = _large_file(ctx.corpus, zone / "large.txt", LARGE_MB * 2**20)
     memory = infra.PeakPss()
     run = ctx.timed(cmd, "run", REPO, memory)
@@ -295,8 +299,7 @@ def _large_file(corpus: Path, target: Path, size: int) -> int:
                 written += out.write(text + b"\n\n")
                 if written >= size:
                     break
-    old = time.time() - 3600
-    os.utime(target, (old, old))
+    settled(target)
     return written
 
 
@@ -310,7 +313,7 @@ def dropzone_latency(ctx: Ctx) -> Outcome:
     zone = ctx.work / "zone"
     zone.mkdir(parents=True)
     config = daemon_config(ctx, zone, run_per_file=False, settle_ms=LATENCY_SETTLE_MS)
-    cmd = [sys.executable, "-m", "daemon", "--config", str(config), "--log-format", "json"]
+    cmd = daemon_command(config)
     with infra.running(cmd, ctx.work / "daemon.log", REPO) as log:
         _wait_for_line(log, '"daemon_ready"', 60)
         time.sleep(IDLE_S)  # past MLflow's start: the daemon is idle

@@ -23,10 +23,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import psycopg2
+
+from daemon.identity import alive
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432"
 DB_PREFIX = "dz_bench_"
@@ -286,44 +289,32 @@ def drop_stale_databases() -> list[str]:
         cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{DB_PREFIX}%",))
         for (name,) in cur.fetchall():
             pid = name.removeprefix(DB_PREFIX).split("_", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 dropped.append(name)
     return dropped
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still exists (so its databases are still in use)."""
+def _scalar(url: str, query: str) -> Any:
+    """The one value `query` returns from the database at `url`."""
+    conn = psycopg2.connect(url)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
 
 def count_rows(url: str, table: str) -> int:
     """Rows in `table` of the database at `url` (table names are ours, never user input)."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {table}")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+    return int(_scalar(url, f"SELECT count(*) FROM {table}"))
 
 
 def last_document_at(url: str) -> float:
     """When the newest document was written (epoch seconds): its transaction's start, a few
     milliseconds before its commit."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT extract(epoch FROM max(created_date)) FROM documents")
-            return float(cur.fetchone()[0])
-    finally:
-        conn.close()
+    return float(_scalar(url, "SELECT extract(epoch FROM max(created_date)) FROM documents"))
 
 
 def count_finished_runs(mlflow_db: Path) -> int:

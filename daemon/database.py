@@ -27,6 +27,7 @@ from daemon import failpoints
 from daemon.config import DatabaseSettings, Settings
 from daemon.errors import ConfigError, DependencyError
 from daemon.files import exclusive
+from daemon.identity import alive
 from daemon.logs import add_secret, get_logger
 from daemon.retry import describe, is_transient
 
@@ -62,19 +63,9 @@ def _prune_dead_handles(pgdata: Path) -> None:
         pids = json.loads(handles.read_text())
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if _pid_alive(int(pid))]
+    alive = [pid for pid in pids if alive(int(pid))]
     if alive != pids:
         handles.write_text(json.dumps(alive))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start_embedded(state_dir: Path) -> str:

@@ -20,6 +20,17 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def this_process() -> str:
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
