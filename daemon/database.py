@@ -63,9 +63,9 @@ def _prune_dead_handles(pgdata: Path) -> None:
         pids = json.loads(handles.read_text())
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if alive(int(pid))]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
+    living = [pid for pid in pids if alive(int(pid))]
+    if living != pids:
+        handles.write_text(json.dumps(living))
 
 
 def start_embedded(state_dir: Path) -> str:
