@@ -25,7 +25,7 @@ from daemon import pgcopy
 from daemon.config import Settings
 from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
-from daemon.objectstore import ObjectStore, PutResult, open_store
+from daemon.objectstore import ObjectStore, PutResult, open_store, preload_sdk
 from daemon.retry import Breaker, RetryPolicy, describe
 from daemon.tracking import Tracking
 
@@ -53,7 +53,10 @@ class Sessions:
     async def __aenter__(self) -> Sessions:
         try:
             self._stack.callback(self.tracking.close)
+            sdk = asyncio.ensure_future(preload_sdk(self.settings.storage))
+            self._stack.callback(sdk.cancel)
             await self._stack.enter_async_context(self.db)
+            await sdk
             self._store = await open_store(self.settings.storage, self._stack)
         except BaseException:
             await self._stack.aclose()

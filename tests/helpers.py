@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -58,6 +59,18 @@ def s3_storage(endpoint: str, bucket: str, prefix: str = "dz") -> dict[str, Any]
     return {"url": f"s3://{bucket}/{prefix}", "endpoint_url": endpoint}
 
 
+@functools.cache
+def mlflow_template() -> bytes:
+    """An empty MLflow sqlite store, made once per test process: a new store costs ~1.5 s of
+    migrations, paid once here rather than by every daemon a test starts (the quickstart test
+    and the very-first-start crash test still make theirs from nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="dz-mlflow-") as folder:
+        MlflowClient(f"sqlite:///{folder}/mlflow.db").search_experiments()
+        return (Path(folder) / "mlflow.db").read_bytes()
+
+
 def write_config(folder: Path, *, zones: list[dict[str, Any]] | None = None,
                  database: str | dict[str, Any] = "embedded", **sections: Any) -> Path:
     """A config file in `folder` (zones created under it); returns its path. `database` is
@@ -69,6 +82,9 @@ def write_config(folder: Path, *, zones: list[dict[str, Any]] | None = None,
     data: dict[str, Any] = {"state_dir": "var", "zones": zones, "database": section}
     data["pipeline"] = {"workers": 4, "retry_base_s": 0.2, "lease_s": 30}
     data.update(sections)
+    if "tracking_uri" not in data.get("mlflow", {}):
+        (folder / "var").mkdir(exist_ok=True)
+        (folder / "var" / "mlflow.db").write_bytes(mlflow_template())
     path = folder / "dropzone.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
