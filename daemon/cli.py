@@ -1,4 +1,4 @@
-"""Command line: `run` (the default), `--once`, `check` and `status`.
+"""Command line: `run` (the default), `--once`, `check`, `status` and `search`.
 
 Exit codes: 0 all good; 1 some files quarantined; 2 bad config or usage; 3 a dependency could
 not be reached (or `check` found one failing); 130 interrupted.
@@ -19,16 +19,19 @@ from typing import Any
 from daemon import __version__, config, logs
 from daemon.config import Settings
 from daemon.database import Database, server_facts, sql
+from daemon.embedders import create as create_embedder
 from daemon.errors import ConfigError, DaemonError
 from daemon.ledger import state_of
 from daemon.logs import redact_text
 from daemon.objectstore import open_store
 from daemon.retry import RetryPolicy, describe
+from daemon.search import Hit, Query
+from daemon.search import search as find
 from daemon.sessions import probe_mlflow, probe_store
 from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK, EXIT_USAGE, Supervisor
 from daemon.tracking import Tracking
 
-COMMANDS = ("run", "check", "status")
+COMMANDS = ("run", "check", "status", "search")
 STATES = ("hash", "upload", "store", "track", "finish", "stored", "duplicate", "vanished",
           "superseded", "quarantined")
 EPILOG = """examples:
@@ -36,6 +39,7 @@ EPILOG = """examples:
   python -m daemon --config config/drop_zones.yaml --once   process what is there, then exit
   python -m daemon check --config config/drop_zones.yaml    can it reach S3, Postgres, MLflow?
   python -m daemon status --json                            counts by zone and state
+  python -m daemon search "quarterly revenue" --zone reports --limit 5
 """
 
 
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "object storage, in Postgres with its embeddings, and in MLflow.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dropzone {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,check,status}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,check,status,search}")
     run = commands.add_parser("run", parents=[common], help="watch the zones (default)")
     run.add_argument("--once", action="store_true",
                      help="process everything present, record it, finish the files, exit")
@@ -66,7 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="verify object store, Postgres and MLflow; exit 3 if one fails")
     status = commands.add_parser("status", parents=[common], help="counts by zone and state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    _search_parser(commands, common)
     return parser
+
+
+def _search_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    find = commands.add_parser("search", parents=[common], help="documents nearest in meaning",
+                               description="The documents nearest in meaning to QUERY, best "
+                               "first, each with its best chunk.")
+    find.add_argument("query", help="what to look for, in plain words")
+    find.add_argument("--zone", help="only documents of this zone")
+    find.add_argument("--doc-type", help="only documents of this doc_type")
+    find.add_argument("--limit", type=int, default=10, help="documents to show (default 10)")
+    find.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -94,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Supervisor(settings, once=args.once).run()
     if args.command == "check":
         return asyncio.run(check(settings))
+    if args.command == "search":
+        return asyncio.run(search(settings, args))
     return asyncio.run(status(settings, args.json))
 
 
@@ -188,3 +206,27 @@ async def status(settings: Settings, as_json: bool) -> int:
     summary = summarize(settings, rows)
     print(json.dumps(summary, indent=2) if as_json else render_table(summary))
     return EXIT_OK
+
+
+# -- search -----------------------------------------------------------------------------------
+
+async def search(settings: Settings, args: argparse.Namespace) -> int:
+    query = Query(args.query, args.zone, args.doc_type, max(1, args.limit))
+    try:
+        async with Database(settings) as db, db.pool.acquire() as conn:
+            hits = await find(conn, create_embedder(settings.embedding), query, db.vector)
+    except DaemonError as exc:
+        print(f"dropzone: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_DEPENDENCY
+    for rank, hit in enumerate(hits, 1):
+        print(json.dumps(hit.as_json()) if args.json else render_hit(rank, hit))
+    if not hits and not args.json:
+        print("no documents match", file=sys.stderr)
+    return EXIT_OK
+
+
+def render_hit(rank: int, hit: Hit) -> str:
+    title = hit.metadata.get("title") or hit.source_path
+    excerpt = " ".join(hit.chunk.split())[:200]
+    return (f"{rank:>2}. {hit.score:.3f}  {title}\n    {hit.zone}/{hit.source_path}  "
+            f"{hit.object_url}\n    {excerpt}")

@@ -197,6 +197,15 @@ class EmbeddingSettings(Frozen):
         return self
 
 
+class ExtractionSettings(Frozen):
+    """Limits of the process that reads a PDF or DOCX: a hostile file hits them and is
+    quarantined, the daemon goes on."""
+
+    timeout_s: float = Field(60.0, gt=0)
+    memory: ByteSize = Field(ByteSize(512 * 1024**2), ge=64 * 1024**2)
+    max_chars: int = Field(20_000_000, ge=1000)  # text beyond this is cut, `truncated: true`
+
+
 def default_cpu_workers() -> int:
     """Processes for chunking and embedding: one core is left to the daemon's own process."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
@@ -228,6 +237,7 @@ class Settings(Frozen):
     database: DatabaseSettings = DatabaseSettings()
     mlflow: MlflowSettings
     embedding: EmbeddingSettings = EmbeddingSettings()
+    extraction: ExtractionSettings = ExtractionSettings()
     pipeline: PipelineSettings = PipelineSettings()
 
     @model_validator(mode="before")

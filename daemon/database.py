@@ -33,7 +33,7 @@ from daemon.retry import describe, is_transient
 
 log = get_logger("dropzone.database")
 SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
-SCHEMA_VERSION = 2  # schema.sql's version; bump it with every change to the schema
+SCHEMA_VERSION = 3  # schema.sql's version; bump it with every change to the schema
 EMBEDDED_DB = "dropzone"
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
@@ -184,6 +184,8 @@ class Database(AbstractAsyncContextManager["Database"]):
             if not current:
                 kind = f"vector({self.settings.embedding.dim})" if self.vector else "real[]"
                 await conn.execute(schema_sql(kind))
+                if self.vector:
+                    await conn.execute(sql("hnsw_index"))
         finally:
             await conn.close()
 

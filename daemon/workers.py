@@ -13,7 +13,7 @@ import os
 import select
 import signal
 import threading
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext
 from typing import Any
 
 from daemon import failpoints, logs
@@ -43,7 +43,7 @@ def die_with(pid: int) -> None:
     threading.Thread(target=watch, name="die-with-daemon", daemon=True).start()
 
 
-def context() -> BaseContext:
+def context() -> ForkServerContext:
     """How every worker process starts: forked from one small server per daemon that imported
     our code (and numpy) once, so a worker starts in milliseconds rather than a second. With
     DROPZONE_MLFLOW_PRELOAD=1 the server imports MLflow too: each new MLflow process then

@@ -132,7 +132,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                str(port), "--workers", "1", "--backend-store-uri",
                f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "art")]
     log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    # no job runner and huey consumer beside it: two more processes the tests never use
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+                               env=env)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", process, 120)
         yield f"http://127.0.0.1:{port}"

@@ -198,3 +198,34 @@ SELECT d.id, d.zone, d.sha256,
 
 -- name: document_metadata
 UPDATE documents SET metadata = $2::jsonb WHERE id = $1;
+
+-- name: hnsw_index
+-- With pgvector: an HNSW index for cosine search (built once, kept up to date by inserts).
+CREATE INDEX IF NOT EXISTS document_embeddings_hnsw
+    ON document_embeddings USING hnsw (embedding vector_cosine_ops);
+
+-- name: search_vector
+-- pgvector: the $5 nearest chunks of model $2 (through the HNSW index), filtered by zone $3 and
+-- doc_type $4 when given; the caller keeps each document's best chunk.
+SELECT e.document_id, e.chunk_index, e.content, 1 - (e.embedding <=> $1) AS score,
+       d.zone, d.doc_type, d.source_path, d.object_url, d.metadata
+  FROM document_embeddings e JOIN documents d ON d.id = e.document_id
+ WHERE e.model = $2
+   AND ($3::text IS NULL OR d.zone = $3)
+   AND ($4::text IS NULL OR e.doc_type = $4)
+ ORDER BY e.embedding <=> $1
+ LIMIT $5;
+
+-- name: search_array
+-- real[] (no pgvector): every chunk of model $2 scored in SQL by the dot product with $1 (the
+-- vectors are unit length, so this is the cosine); the caller keeps each document's best chunk.
+SELECT e.document_id, e.chunk_index, e.content, s.score,
+       d.zone, d.doc_type, d.source_path, d.object_url, d.metadata
+  FROM document_embeddings e JOIN documents d ON d.id = e.document_id
+ CROSS JOIN LATERAL (SELECT sum(a * b) AS score
+                       FROM unnest(e.embedding, $1::real[]) AS t (a, b)) AS s
+ WHERE e.model = $2
+   AND ($3::text IS NULL OR d.zone = $3)
+   AND ($4::text IS NULL OR e.doc_type = $4)
+ ORDER BY s.score DESC
+ LIMIT $5;

@@ -87,3 +87,8 @@ INSERT INTO dz_schema (version) VALUES (1) ON CONFLICT DO NOTHING;
 -- with backslash escapes).
 ALTER TABLE dz_files ADD COLUMN IF NOT EXISTS rel_raw bytea;
 INSERT INTO dz_schema (version) VALUES (2) ON CONFLICT DO NOTHING;
+
+-- version 3: search. With pgvector the daemon adds an HNSW index (queries.sql: hnsw_index)
+-- right after these statements; the chunk's doc_type filter uses this index on real[] too.
+CREATE INDEX IF NOT EXISTS document_embeddings_model ON document_embeddings (model, doc_type);
+INSERT INTO dz_schema (version) VALUES (3) ON CONFLICT DO NOTHING;

@@ -95,7 +95,8 @@ def test_special_files_are_never_followed_or_opened(
 def test_empty_oversize_and_malformed_files(tmp_path: Path, database_url: str, s3_endpoint: str,
                                             bucket: str) -> None:
     """An empty file is stored with no chunks; one over max_file_bytes is quarantined with
-    its reason; invalid UTF-8 and binary posing as text are stored without crashing."""
+    its reason; Latin-1 text is decoded as such and binary posing as text is stored without
+    chunks, neither crashing anything."""
     path = s3_config(tmp_path, database_url, s3_endpoint, bucket,
                      pipeline={"max_file_bytes": "1KiB"})
     zone = tmp_path / "zones" / "docs"
@@ -110,7 +111,7 @@ def test_empty_oversize_and_malformed_files(tmp_path: Path, database_url: str, s
                         "binary.txt": "stored"}
     docs = {d["source_path"]: json.loads(d["metadata"]) for d in Sinks(path).documents()}
     assert docs["empty.txt"]["chars"] == 0
-    assert docs["latin1.txt"]["decode_errors"] is True
+    assert docs["latin1.txt"]["encoding"] == "cp1252"
     assert docs["binary.txt"]["extraction"] == "binary"
     report = tmp_path / "var" / "quarantine" / "docs" / "big.txt.error.json"
     assert "max_file_bytes" in json.loads(report.read_text())["reason"]

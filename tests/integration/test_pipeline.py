@@ -55,8 +55,9 @@ async def test_once_stores_every_file_once_in_every_sink(
     meta = {name: json.loads(d["metadata"]) for name, d in docs.items()}
     assert meta["photo.jpg"]["extraction"] == "unsupported"
     assert meta["fake.txt"]["extraction"] == "binary"
-    assert meta["bad-utf8.txt"]["decode_errors"] is True
+    assert meta["bad-utf8.txt"]["encoding"] == "cp1252"  # not UTF-8: the likeliest code page
     chunks = sinks.chunks()
+    assert any(c["content"] == "café au lait, naïve text" for c in chunks)
     by_doc = {d["id"]: name for name, d in docs.items()}
     chunked = {by_doc[c["document_id"]] for c in chunks}
     assert chunked == stored - {"photo.jpg", "fake.txt"}

@@ -1,0 +1,126 @@
+"""Real documents: every supported format goes from a drop to a search hit; hostile PDFs end
+in quarantine within their limits while the other files flow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import docx
+import pytest
+
+from tests.documents import bomb_pdf, endless_pdf, make_pdf
+from tests.helpers import Daemon, Sinks, s3_config
+
+pytestmark = pytest.mark.db
+
+# one phrase per format, made of words no other file has, so the hashing embedder finds it
+PHRASES = {
+    "paper.pdf": "quantum lattice thermodynamics",
+    "letter.docx": "orchard pruning schedule",
+    "page.html": "volcanic basalt columns",
+    "notes.md": "sourdough starter hydration",
+    "table.csv": "turbine blade inspection",
+    "records.json": "glacier meltwater salinity",
+    "latin1.txt": "café crème brûlée",
+    "wide.txt": "nightingale migration corridor",
+}
+
+
+def _docx(path: Path, phrase: str) -> None:
+    document = docx.Document()
+    document.core_properties.title = "Pruning"
+    document.core_properties.author = "Ada Lovelace"
+    document.add_heading("Orchard notes", level=1)
+    document.add_paragraph(f"The {phrase} for the winter.")
+    document.save(str(path))
+
+
+def write_formats(zone: Path) -> None:
+    """One file of each format in `zone`, each holding its phrase."""
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "paper.pdf").write_bytes(make_pdf(
+        [f"Abstract. We study {PHRASES['paper.pdf']}.", "Second page."],
+        {"Title": "Lattice Physics", "Author": "Marie Curie; Paul Dirac",
+         "CreationDate": "D:20210305120000Z"}))
+    _docx(zone / "letter.docx", PHRASES["letter.docx"])
+    (zone / "page.html").write_text(
+        f"<html lang='en'><head><title>Rocks</title><script>var x;</script></head>"
+        f"<body><p>About {PHRASES['page.html']}.</p></body></html>")
+    (zone / "notes.md").write_text(f"# Bread\n\nMy {PHRASES['notes.md']} notes.\n")
+    (zone / "table.csv").write_text(f"part,check\nrotor,{PHRASES['table.csv']}\n")
+    (zone / "records.json").write_text(json.dumps({"topic": PHRASES["records.json"]}))
+    (zone / "latin1.txt").write_bytes(f"Dessert: {PHRASES['latin1.txt']}.".encode("cp1252"))
+    (zone / "wide.txt").write_bytes(f"The {PHRASES['wide.txt']}.".encode("utf-16"))
+
+
+def search(path: Path, query: str, *args: str) -> list[dict[str, Any]]:
+    daemon = Daemon(path, "search", query, "--json", *args)
+    assert daemon.run(120) == 0, daemon.output()[-2000:]
+    return [e for e in daemon.events if "score" in e]
+
+
+def test_every_format_round_trips_to_a_search_hit(tmp_path: Path, database_url: str,
+                                                  s3_endpoint: str, bucket: str) -> None:
+    """Each format's phrase finds its own file first; metadata says what the file told."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    write_formats(tmp_path / "zones" / "docs")
+    daemon = Daemon(path, "--once")
+    assert daemon.run() == 0, daemon.problems()
+    for name, phrase in PHRASES.items():
+        hits = search(path, phrase, "--limit", "3")
+        assert hits and hits[0]["source_path"] == name, (name, hits)
+        assert phrase.split()[0] in hits[0]["chunk"]
+    meta = {d["source_path"]: json.loads(d["metadata"]) for d in Sinks(path).documents()}
+    paper = {"title": "Lattice Physics", "authors": ["Marie Curie", "Paul Dirac"], "year": 2021,
+             "pages": 2}
+    assert meta["paper.pdf"] | paper == meta["paper.pdf"]
+    assert meta["letter.docx"]["authors"] == ["Ada Lovelace"]
+    assert meta["page.html"]["title"] == "Rocks" and meta["page.html"]["language"] == "en"
+    assert meta["notes.md"]["title"] == "Bread"
+    assert meta["table.csv"]["columns"] == ["part", "check"]
+    assert meta["latin1.txt"]["encoding"] == "cp1252"
+    assert meta["wide.txt"]["encoding"] == "utf_16"
+
+
+def test_search_filters_and_plain_output(tmp_path: Path, database_url: str, s3_endpoint: str,
+                                         bucket: str) -> None:
+    """--zone and --doc-type narrow the results; without --json a ranked list is printed."""
+    zones = [{"name": "docs", "path": "zones/docs", "settle_ms": 200},
+             {"name": "papers", "path": "zones/papers", "settle_ms": 200,
+              "doc_type": "research_paper"}]
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket, zones=zones)
+    for zone in ("docs", "papers"):
+        (tmp_path / "zones" / zone / "same.md").write_text(f"# {zone}\n\nshared topic words\n")
+    assert Daemon(path, "--once").run() == 0
+    assert {h["zone"] for h in search(path, "shared topic words")} == {"docs", "papers"}
+    assert [h["zone"] for h in search(path, "shared topic words", "--zone", "papers")] == ["papers"]
+    typed = search(path, "shared topic words", "--doc-type", "research_paper")
+    assert [h["doc_type"] for h in typed] == ["research_paper"]
+    plain = Daemon(path, "search", "shared topic words", "--limit", "1")
+    assert plain.run(120) == 0
+    assert "1. " in plain.output() and "same.md" in plain.output()
+
+
+def test_hostile_pdfs_are_quarantined_within_limits(tmp_path: Path, database_url: str,
+                                                    s3_endpoint: str, bucket: str) -> None:
+    """An endless PDF stops at timeout_s, a bomb at the memory limit; the rest is stored."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket,
+                     extraction={"timeout_s": 3, "memory": "64MiB"})
+    zone = tmp_path / "zones" / "docs"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "loop.pdf").write_bytes(endless_pdf())
+    (zone / "bomb.pdf").write_bytes(bomb_pdf())
+    for i in range(20):
+        (zone / f"fine-{i}.txt").write_text(f"an ordinary file number {i}")
+    daemon = Daemon(path, "--once")
+    assert daemon.run() == 1, daemon.problems()
+    outcomes = {e["path"]: e["outcome"] for e in daemon.named("file_processed")}
+    assert outcomes.pop("loop.pdf") == outcomes.pop("bomb.pdf") == "quarantined"
+    assert set(outcomes.values()) == {"stored"} and len(outcomes) == 20
+    quarantine = tmp_path / "var" / "quarantine" / "docs"
+    loop = json.loads((quarantine / "loop.pdf.error.json").read_text())["reason"]
+    bomb = json.loads((quarantine / "bomb.pdf.error.json").read_text())["reason"]
+    assert "longer than 3 s" in loop
+    assert "memory" in bomb

@@ -1,0 +1,60 @@
+"""The extraction sandbox: documents read in a process of their own, within limits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon import sandbox
+from daemon.config import ExtractionSettings
+from daemon.errors import FileVanished, PermanentError
+from daemon.files import version_of
+from tests.documents import bomb_pdf, endless_pdf, make_pdf
+
+
+def write(path: Path, data: bytes) -> tuple[Path, tuple[int, int]]:
+    path.write_bytes(data)
+    return path, version_of(path.stat())
+
+
+async def test_a_pdf_is_read_in_the_sandbox(tmp_path: Path) -> None:
+    """Text and metadata come back from the sandboxed process."""
+    path, version = write(tmp_path / "a.pdf", make_pdf(["Hello sandbox"], {"Title": "T"}))
+    result = await sandbox.extract(path, version, "pdf", ExtractionSettings())
+    assert "Hello sandbox" in result.text
+    assert result.metadata["title"] == "T" and result.metadata["pages"] == 1
+
+
+async def test_an_endless_pdf_is_stopped_at_the_deadline(tmp_path: Path) -> None:
+    """A PDF that keeps the parser busy is killed at timeout_s, with that reason."""
+    path, version = write(tmp_path / "loop.pdf", endless_pdf())
+    started = time.monotonic()
+    with pytest.raises(sandbox.ExtractionLimit, match="longer than 2 s"):
+        await sandbox.extract(path, version, "pdf", ExtractionSettings(timeout_s=2))
+    assert time.monotonic() - started < 30  # killed, not waited out (it takes minutes)
+
+
+async def test_a_pdf_bomb_hits_the_memory_limit(tmp_path: Path) -> None:
+    """A PDF that inflates far beyond the memory limit ends in a permanent error naming it."""
+    path, version = write(tmp_path / "bomb.pdf", bomb_pdf())
+    limits = ExtractionSettings(memory=64 * 2**20, timeout_s=120)
+    with pytest.raises(PermanentError, match="memory"):
+        await sandbox.extract(path, version, "pdf", limits)
+
+
+async def test_a_corrupt_docx_is_a_permanent_error(tmp_path: Path) -> None:
+    """A parser's complaint about a broken file comes back as one line."""
+    path, version = write(tmp_path / "x.docx", b"not a zip at all")
+    with pytest.raises(PermanentError, match=r"^docx: ") as caught:
+        await sandbox.extract(path, version, "docx", ExtractionSettings())
+    assert "\n" not in str(caught.value)
+
+
+async def test_a_changed_file_is_not_read(tmp_path: Path) -> None:
+    """The sandbox reads only the version that was uploaded."""
+    path, version = write(tmp_path / "a.pdf", make_pdf(["one"]))
+    path.write_bytes(make_pdf(["two, longer"]))
+    with pytest.raises(FileVanished):
+        await sandbox.extract(path, version, "pdf", ExtractionSettings())
