@@ -83,6 +83,7 @@ def test_kill_9_during_the_very_first_start(tmp_path: Path) -> None:
     shutil.copytree(REPO / "config", tmp_path / "config")
     zone, state = tmp_path / "dropzones" / "documents", tmp_path / "var"
     (tmp_path / "dropzones" / "reports").mkdir(parents=True)
+    (tmp_path / "dropzones" / "papers").mkdir(parents=True)
     texts: dict[str, str] = {}
     add_files(zone, 0, 10, texts)
     path = tmp_path / "config" / "drop_zones.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.documents import make_pdf
 from tests.helpers import (
     REPO,
     Daemon,
@@ -165,16 +167,23 @@ def test_check_and_status(tmp_path: Path, database_url: str, s3_endpoint: str,
 def test_quickstart_on_the_embedded_defaults(tmp_path: Path) -> None:
     """The shipped example config, untouched: embedded Postgres, file store, sqlite MLflow."""
     shutil.copytree(REPO / "config", tmp_path / "config")
-    for zone in ("documents", "reports"):
+    for zone in ("documents", "reports", "papers"):
         (tmp_path / "dropzones" / zone).mkdir(parents=True)
     drop(tmp_path / "dropzones" / "documents", "hello.txt", "hello from the quickstart")
     drop(tmp_path / "dropzones" / "reports", "q3.md", "# Q3\n\nrevenue is up")
+    (tmp_path / "dropzones" / "papers" / "lattice.pdf").write_bytes(make_pdf(
+        ["On lattices"], {"Title": "On Lattices", "Author": "E. Noether and H. Weyl",
+                          "CreationDate": "D:19210101000000Z"}))
     path = tmp_path / "config" / "drop_zones.yaml"
     daemon = Daemon(path, "--once")
     assert daemon.run() == 0, daemon.output()[-2000:]
     sinks = Sinks(path)
-    assert sorted(d["source_path"] for d in sinks.documents()) == ["hello.txt", "q3.md"]
-    assert {d["doc_type"] for d in sinks.documents()} == {"document", "report"}
-    assert len(sinks.object_keys()) == 2
-    assert sorted(r["source_path"] for r in sinks.mlflow_records()) == ["hello.txt", "q3.md"]
+    docs = {d["source_path"]: d for d in sinks.documents()}
+    assert sorted(docs) == ["hello.txt", "lattice.pdf", "q3.md"]
+    assert {d["doc_type"] for d in docs.values()} == {"document", "report", "research_paper"}
+    paper = json.loads(docs["lattice.pdf"]["metadata"])
+    assert (paper["title"], paper["authors"], paper["year"]) == (
+        "On Lattices", ["E. Noether", "H. Weyl"], 1921)
+    assert len(sinks.object_keys()) == 3
+    assert sorted(r["source_path"] for r in sinks.mlflow_records()) == sorted(docs)
     assert (tmp_path / "var" / "done" / "documents" / "hello.txt").exists()
