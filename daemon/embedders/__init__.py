@@ -27,7 +27,21 @@ class Embedder(Protocol):
 
 
 def create(settings: EmbeddingSettings) -> Embedder:
-    """The embedder the config names."""
+    """The embedder the config names (a model is loaded only when first used)."""
+    if settings.provider == "http":
+        from daemon.embedders.http import HttpEmbedder
+
+        return HttpEmbedder(settings)
+    if settings.provider == "sentence":
+        from daemon.embedders.sentence import SentenceEmbedder
+
+        return SentenceEmbedder(settings)
     from daemon.embedders.hashing import HashingEmbedder
 
     return HashingEmbedder(settings.dim)
+
+
+def normalised(vectors: Vectors) -> Vectors:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)

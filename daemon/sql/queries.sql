@@ -229,3 +229,18 @@ SELECT e.document_id, e.chunk_index, e.content, s.score,
    AND ($4::text IS NULL OR e.doc_type = $4)
  ORDER BY s.score DESC
  LIMIT $5;
+
+-- name: reembed_todo
+-- Stored documents with text that have no chunks of model $1 yet (zone $2 when given), each
+-- with the object key it was stored under.
+SELECT DISTINCT ON (d.id) d.id, d.zone, d.doc_type, d.source_path, f.object_key
+  FROM documents d JOIN dz_files f ON f.document_id = d.id AND f.object_key IS NOT NULL
+ WHERE ($2::text IS NULL OR d.zone = $2)
+   AND coalesce(d.metadata->>'extraction', '') NOT IN ('unsupported', 'binary')
+   AND NOT EXISTS (SELECT 1 FROM document_embeddings e
+                    WHERE e.document_id = d.id AND e.model = $1)
+ ORDER BY d.id;
+
+-- name: drop_other_models
+-- `reembed --replace`: a document's chunks of every model but $2.
+DELETE FROM document_embeddings WHERE document_id = $1 AND model <> $2;

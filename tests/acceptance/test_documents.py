@@ -11,6 +11,7 @@ import docx
 import pytest
 
 from tests.documents import bomb_pdf, endless_pdf, make_pdf
+from tests.embedserver import Script, embedding_server
 from tests.helpers import Daemon, Sinks, s3_config
 
 pytestmark = pytest.mark.db
@@ -124,3 +125,45 @@ def test_hostile_pdfs_are_quarantined_within_limits(tmp_path: Path, database_url
     bomb = json.loads((quarantine / "bomb.pdf.error.json").read_text())["reason"]
     assert "longer than 3 s" in loop
     assert "memory" in bomb
+
+
+def test_an_http_embedding_endpoint_embeds_and_searches(tmp_path: Path, database_url: str,
+                                                        s3_endpoint: str, bucket: str) -> None:
+    """With provider http, chunks and queries are embedded by the endpoint, rows record its
+    model, and its key (from the environment) is sent but never logged."""
+    key = "sk-test-0123456789abcdef"
+    script = Script(key=key)
+    with embedding_server(script) as url:
+        embedding = {"provider": "http", "model": "bge-test", "url": url, "batch_size": 16}
+        path = s3_config(tmp_path, database_url, s3_endpoint, bucket, embedding=embedding)
+        write_formats(tmp_path / "zones" / "docs")
+        env = {"DROPZONE_EMBEDDING_API_KEY": key}
+        daemon = Daemon(path, "--once", env=env)
+        assert daemon.run() == 0, daemon.problems()
+        finder = Daemon(path, "search", PHRASES["letter.docx"], "--json", env=env)
+        assert finder.run(120) == 0
+    assert next(e["source_path"] for e in finder.events if "score" in e) == "letter.docx"
+    assert {c["model"] for c in Sinks(path).chunks()} == {"bge-test"}
+    assert len(script.requests) >= 2
+    assert key not in daemon.output() + finder.output()
+
+
+def test_reembed_gives_stored_documents_another_model(tmp_path: Path, database_url: str,
+                                                      s3_endpoint: str, bucket: str) -> None:
+    """`reembed --replace` re-reads every stored document from the object store and swaps
+    its chunks for the new model's; documents and objects stay as they were."""
+    script = Script()
+    with embedding_server(script) as url:
+        path = s3_config(tmp_path, database_url, s3_endpoint, bucket,
+                         embedding={"url": url, "batch_size": 16})
+        write_formats(tmp_path / "zones" / "docs")
+        assert Daemon(path, "--once").run() == 0
+        sinks = Sinks(path)
+        documents, objects = sinks.documents(), sinks.object_keys()
+        again = Daemon(path, "reembed", "--provider", "http", "--model", "bge-test", "--replace")
+        assert again.run(300) == 0, again.output()[-2000:]
+        assert Daemon(path, "reembed", "--provider", "http", "--model", "bge-test").run() == 0
+    assert {c["model"] for c in sinks.chunks()} == {"bge-test"}
+    assert {c["document_id"] for c in sinks.chunks()} == {d["id"] for d in documents}
+    assert sinks.documents() == documents and sinks.object_keys() == objects
+    assert sum(len(r["input"]) for r in script.requests) == len(sinks.chunks())  # once each

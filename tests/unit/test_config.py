@@ -30,7 +30,7 @@ def problems(data: Any, base: Path, env: dict[str, str] | None = None) -> list[s
 def test_example_config_loads() -> None:
     """The shipped example is valid, has two zones, and resolves paths against its folder."""
     settings = config.load(REPO / "config" / "drop_zones.yaml", env={})
-    assert [z.name for z in settings.zones] == ["documents", "reports"]
+    assert [z.name for z in settings.zones] == ["documents", "reports", "papers"]
     assert settings.zones[0].path == REPO / "dropzones" / "documents"
     assert settings.state_dir == REPO / "var"
     assert settings.database.url == "embedded"
