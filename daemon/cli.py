@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 
 from daemon import __version__, config, logs
@@ -237,8 +238,8 @@ async def search(settings: Settings, args: argparse.Namespace) -> int:
     try:
         async with Database(settings) as db, db.pool.acquire() as conn:
             hits = await find(conn, create_embedder(settings.embedding), query, db.vector)
-    except DaemonError as exc:
-        print(f"dropzone: {redact_text(str(exc))}", file=sys.stderr)
+    except (DaemonError, asyncpg.PostgresError, OSError) as exc:
+        print(f"dropzone: search failed: {redact_text(describe(exc))}", file=sys.stderr)
         return EXIT_DEPENDENCY
     for rank, hit in enumerate(hits, 1):
         print(json.dumps(hit.as_json()) if args.json else render_hit(rank, hit))

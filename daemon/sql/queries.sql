@@ -218,11 +218,12 @@ SELECT e.document_id, e.chunk_index, e.content, 1 - (e.embedding <=> $1) AS scor
 
 -- name: search_array
 -- real[] (no pgvector): every chunk of model $2 scored in SQL by the dot product with $1 (the
--- vectors are unit length, so this is the cosine); the caller keeps each document's best chunk.
+-- vectors are unit length, so this is the cosine; in float8, as products of float4 components
+-- can underflow); the caller keeps each document's best chunk.
 SELECT e.document_id, e.chunk_index, e.content, s.score,
        d.zone, d.doc_type, d.source_path, d.object_url, d.metadata
   FROM document_embeddings e JOIN documents d ON d.id = e.document_id
- CROSS JOIN LATERAL (SELECT sum(a * b) AS score
+ CROSS JOIN LATERAL (SELECT sum(a::float8 * b) AS score
                        FROM unnest(e.embedding, $1::real[]) AS t (a, b)) AS s
  WHERE e.model = $2
    AND ($3::text IS NULL OR d.zone = $3)

@@ -167,3 +167,22 @@ def test_reembed_gives_stored_documents_another_model(tmp_path: Path, database_u
     assert {c["document_id"] for c in sinks.chunks()} == {d["id"] for d in documents}
     assert sinks.documents() == documents and sinks.object_keys() == objects
     assert sum(len(r["input"]) for r in script.requests) == len(sinks.chunks())  # once each
+
+
+@pytest.mark.semantic
+def test_minilm_finds_a_document_by_meaning(tmp_path: Path, database_url: str,
+                                            s3_endpoint: str, bucket: str) -> None:
+    """With all-MiniLM-L6-v2, a query sharing no word with a document still finds it."""
+    embedding = {"provider": "sentence", "model": "all-MiniLM-L6-v2", "dim": 384}
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket, embedding=embedding)
+    zone = tmp_path / "zones" / "docs"
+    zone.mkdir(parents=True, exist_ok=True)
+    texts = {"felines.txt": "Cats are small domesticated carnivores that purr and hunt mice.",
+             "finance.txt": "The quarterly earnings report showed revenue growth of 4%.",
+             "weather.txt": "Heavy rain and strong winds are expected along the coast."}
+    for name, text in texts.items():
+        (zone / name).write_text(text)
+    assert Daemon(path, "--once").run(600) == 0
+    hits = search(path, "a pet kitten", "--limit", "3")
+    assert hits[0]["source_path"] == "felines.txt", hits
+    assert {c["model"] for c in Sinks(path).chunks()} == {"all-MiniLM-L6-v2"}
