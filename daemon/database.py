@@ -184,8 +184,8 @@ class Database(AbstractAsyncContextManager["Database"]):
             if not current:
                 kind = f"vector({self.settings.embedding.dim})" if self.vector else "real[]"
                 await conn.execute(schema_sql(kind))
-                if self.vector:
-                    await conn.execute(sql("hnsw_index"))
+            if self.vector and self.settings.database.hnsw_index:
+                await _create_index(conn)
         finally:
             await conn.close()
 
@@ -202,6 +202,17 @@ class Database(AbstractAsyncContextManager["Database"]):
             from pgvector.asyncpg import register_vector
 
             await register_vector(conn)
+
+
+async def _create_index(conn: asyncpg.Connection) -> None:
+    """The HNSW index if it is missing; a role without the right to create it goes on without
+    (search then scans, slower but right)."""
+    if await conn.fetchval("SELECT to_regclass('document_embeddings_hnsw')") is not None:
+        return
+    try:
+        await conn.execute(sql("hnsw_index"))
+    except asyncpg.InsufficientPrivilegeError as exc:
+        log.warning("hnsw_index_not_created", reason=describe(exc))
 
 
 async def _column_type(conn: asyncpg.Connection) -> str | None:

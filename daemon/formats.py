@@ -259,6 +259,24 @@ def decode(data: bytes) -> tuple[str, str]:
         return _guess_encoding(data)
 
 
+def sniff_codec(head: bytes) -> str:
+    """The codec of a large text file, judged on its first block, as `decode` would judge it
+    (a multi-byte character cut at the block's end is not held against UTF-8)."""
+    for bom, codec in _BOMS:
+        if head.startswith(bom):
+            return codec
+    if b"\x00" in head:
+        raise BinaryContent("binary content")
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf_8_sig"
+    try:
+        head.decode("utf_8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return _guess_encoding(head)[1]
+    return "utf_8"
+
+
 def _guess_encoding(data: bytes) -> tuple[str, str]:
     """charset-normalizer's pick, leaning to cp1252 among the single-byte Latin code pages.
 

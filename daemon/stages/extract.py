@@ -3,9 +3,9 @@
 PDF and DOCX files are read in a sandboxed process with time and memory limits
 (`daemon.sandbox`): their parsers face hostile input. Small text files (HTML, Markdown, CSV,
 JSON, plain text in any common encoding) are decoded here, together, off the event loop;
-large ones become a lazy stream of blocks (UTF-8), so nothing holds them whole. Other files
-are still uploaded and recorded, with no chunks and `metadata.extraction = "unsupported"`;
-text files with NUL bytes are recorded as `"binary"`.
+large ones become a lazy stream of blocks in the codec their first block shows, so nothing
+holds them whole. Other files are still uploaded and recorded, with no chunks and
+`metadata.extraction = "unsupported"`; text files with NUL bytes are recorded as `"binary"`.
 """
 
 from __future__ import annotations
@@ -67,24 +67,34 @@ def _extract_all(jobs: list[Job], max_chars: int) -> None:
 
 
 async def read_text(job: Job, kind: str) -> AsyncIterator[str]:
-    """Decoded text of a large file in blocks of about 1 MiB; binary files yield nothing."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    """Decoded text of a large file in blocks of about 1 MiB, in the codec its first block
+    shows (`formats.sniff_codec`); binary files yield nothing."""
     markup = Markup() if kind == "html" else None
+    decoder: codecs.IncrementalDecoder | None = None
     job.metadata["chars"] = 0
     with open_version(job.source, job.version) as handle:
-        first = True
         while True:
             with timed([job], "extract"):
                 block = await asyncio.to_thread(handle.read, BLOCK_BYTES)
-                if first and b"\x00" in block:
-                    job.metadata["extraction"] = "binary"
+                decoder = decoder or _decoder_for(job, block)
+                if decoder is None:
                     return
-                first, text = False, _decode(decoder, markup, block)
+                text = _decode(decoder, markup, block)
             job.metadata["chars"] += len(text)
             if text:
                 yield text
             if not block:
                 return
+
+
+def _decoder_for(job: Job, head: bytes) -> codecs.IncrementalDecoder | None:
+    try:
+        codec = formats.sniff_codec(head)
+    except BinaryContent:
+        job.metadata["extraction"] = "binary"
+        return None
+    job.metadata["encoding"] = codec
+    return codecs.getincrementaldecoder(codec)(errors="replace")
 
 
 def _decode(decoder: codecs.IncrementalDecoder, markup: Markup | None, block: bytes) -> str:

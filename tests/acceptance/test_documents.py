@@ -186,3 +186,22 @@ def test_minilm_finds_a_document_by_meaning(tmp_path: Path, database_url: str,
     hits = search(path, "a pet kitten", "--limit", "3")
     assert hits[0]["source_path"] == "felines.txt", hits
     assert {c["model"] for c in Sinks(path).chunks()} == {"all-MiniLM-L6-v2"}
+
+
+def test_large_files_stream_in_the_codec_of_their_first_block(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """Files too large to hold are decoded as they stream: cp1252 and UTF-16 stay readable."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    zone = tmp_path / "zones" / "docs"
+    zone.mkdir(parents=True, exist_ok=True)
+    line = "Crème brûlée à la carte, über alles, 5 €.\n"
+    (zone / "big-latin.txt").write_bytes((line * 8000).encode("cp1252"))  # ~330 KB
+    (zone / "big-wide.txt").write_bytes((line * 4000).encode("utf-16"))  # ~330 KB
+    assert Daemon(path, "--once").run() == 0
+    sinks = Sinks(path)
+    meta = {d["source_path"]: json.loads(d["metadata"]) for d in sinks.documents()}
+    assert meta["big-latin.txt"]["encoding"] == "cp1252"
+    assert meta["big-wide.txt"]["encoding"] == "utf_16"
+    contents = [c["content"] for c in sinks.chunks()]
+    assert len(contents) > 100 and all("\ufffd" not in c for c in contents)
+    assert sum("Crème brûlée" in c for c in contents) > 100

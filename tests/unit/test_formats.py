@@ -379,3 +379,16 @@ def test_language_lands_in_metadata(tmp_path: Path) -> None:
 def test_split_authors(field: str, names: list[str]) -> None:
     """Semicolons and 'and' separate names; commas only between full names."""
     assert split_authors(field) == names
+
+
+def test_sniff_codec_judges_a_large_file_by_its_first_block() -> None:
+    """A UTF-8 character cut at the block's end is still UTF-8; cp1252, BOMs and NULs as decode."""
+    from daemon.formats import BinaryContent, sniff_codec
+
+    utf8 = ("é" * 10).encode("utf-8")
+    assert sniff_codec(utf8[:-1]) == "utf_8"
+    assert sniff_codec(("Crème brûlée, über alles. " * 20).encode("cp1252")) == "cp1252"
+    assert sniff_codec("wide".encode("utf-16")) == "utf_16"
+    assert sniff_codec(b"\xef\xbb\xbfbom") == "utf_8_sig"
+    with pytest.raises(BinaryContent):
+        sniff_codec(b"ab\x00cd")

@@ -1,0 +1,172 @@
+"""Retrieval quality and search latency.
+
+    python -m bench.retrieval [--models hashing,minilm] [--chunks 10000,100000]
+
+Quality: the generated corpus of `bench/retrieval_corpus.py` (320 documents, 80 queries) goes
+through the daemon (`--once`, embedded Postgres), then every query through `daemon.search`;
+per model and query kind: recall@5 (relevant documents among the first 5, out of 5) and MRR
+(1 / rank of the first relevant document, 0 when none is in the first 10).
+Latency: a database filled with N synthetic chunks (N/10 documents), 30 queries each timed
+in-process: pgvector + HNSW (embedded Postgres) and real[] (the server at
+DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import infra
+from bench.retrieval_corpus import Query, write
+from daemon import config
+from daemon.database import Database, sql, start_embedded
+from daemon.embedders import create
+from daemon.embedders.hashing import HashingEmbedder
+from daemon.search import Query as Search
+from daemon.search import search
+from daemon.sessions import copy_embeddings
+
+MODELS = {"hashing": {"provider": "hashing", "model": "hashing"},
+          "minilm": {"provider": "sentence", "model": "all-MiniLM-L6-v2"}}
+REPO = Path(__file__).resolve().parent.parent
+LATENCY_QUERIES = 30
+
+
+def write_config(work: Path, database: str, embedding: dict[str, Any]) -> Path:
+    data = {"state_dir": "var", "database": {"url": database},
+            "zones": [{"name": "eval", "path": "zone", "settle_ms": 0, "after": "keep"}],
+            "storage": {"url": "var/objects"}, "embedding": {**embedding, "dim": 384}}
+    (work / "zone").mkdir(parents=True, exist_ok=True)
+    path = work / "dropzone.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def ingest(work: Path, model: str) -> tuple[Path, dict[str, str], list[Query]]:
+    """The corpus dropped and processed by `--once` with `model`; its config and answers."""
+    topics, queries = write(work / "zone")
+    path = write_config(work, "embedded", MODELS[model])
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "daemon", "--once", "--config", str(path),
+                    "--log-format", "json"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    print(f"  {model}: ingested {len(topics)} documents in {time.monotonic() - started:.1f} s")
+    return path, topics, queries
+
+
+async def quality(path: Path, topics: dict[str, str], queries: list[Query]) -> dict[str, Any]:
+    """recall@5 and MRR per query kind."""
+    settings = config.load(path)
+    embedder = create(settings.embedding)
+    scores: dict[str, list[tuple[float, float]]] = {}
+    async with Database(settings) as db, db.pool.acquire() as conn:
+        for query in queries:
+            hits = await search(conn, embedder, Search(query.text, limit=10), db.vector)
+            found = [topics.get(h.source_path) == query.topic for h in hits]
+            first = next((rank for rank, ok in enumerate(found, 1) if ok), None)
+            scores.setdefault(query.kind, []).append((sum(found[:5]) / 5,
+                                                      1 / first if first else 0.0))
+    return {kind: (statistics.mean(r for r, _ in s), statistics.mean(m for _, m in s))
+            for kind, s in scores.items()}
+
+
+async def fill(url: str, chunks: int) -> None:
+    """`chunks` synthetic chunks (10 per document) of the hashing model, through the daemon's
+    own schema and COPY path (the HNSW index, if any, built after the load)."""
+    settings = config.load(write_config(Path(tempfile.mkdtemp()), url, MODELS["hashing"]))
+    embedder = HashingEmbedder(384)
+    async with Database(settings) as db, db.pool.acquire() as conn:
+        ids = await conn.fetch(
+            "INSERT INTO documents (zone, doc_type, source_path, object_url, sha256, size_bytes) "
+            "SELECT 'eval', 'document', 'doc-' || i, 'file:///x/' || i, "
+            "encode(sha256(i::text::bytea), 'hex'), 1 FROM generate_series(1, $1) AS i "
+            "RETURNING id", chunks // 10)
+        texts = [f"chunk {i} about topic {i % 997} and subject {i % 331}" for i in range(chunks)]
+        vectors = embedder.embed(texts)
+        rows = [(ids[i // 10]["id"], i % 10, "k", "document", texts[i], 0, vectors[i],
+                 embedder.name) for i in range(chunks)]
+        if db.vector:  # built once over all rows: faster than growing it row by row
+            await conn.execute("DROP INDEX IF EXISTS document_embeddings_hnsw")
+        copied = await copy_embeddings(conn, rows, db.vector)
+        if db.vector:
+            await conn.execute(sql("hnsw_index"))
+        await conn.execute("ANALYZE")  # as autovacuum would soon: plans see the real sizes
+        stored = await conn.fetchval("SELECT count(*) FROM document_embeddings")
+        assert copied == stored == chunks, (copied, stored, chunks)
+
+
+async def latency(url: str) -> tuple[float, float]:
+    """p50 and p95 milliseconds of a top-10 search."""
+    settings = config.load(write_config(Path(tempfile.mkdtemp()), url, MODELS["hashing"]))
+    embedder = HashingEmbedder(384)
+    times = []
+    async with Database(settings) as db, db.pool.acquire() as conn:
+        for i in range(LATENCY_QUERIES):
+            started = time.perf_counter()
+            await search(conn, embedder, Search(f"topic {i * 7} subject {i}", limit=10),
+                         db.vector)
+            times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1]
+
+
+def databases(work: Path) -> dict[str, str]:
+    """Where latency is measured: pgvector (embedded) and real[] (the server)."""
+    admin = start_embedded(work / "pg-state")
+    return {"pgvector + HNSW": admin, "real[] (no pgvector)": infra.server_url()}
+
+
+async def fresh(admin: str, tag: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin)
+    name = f"dz_eval_{tag}_{int(time.time())}"
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return infra.with_database(admin, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.retrieval")
+    parser.add_argument("--models", default="hashing,minilm", help="'' to skip quality")
+    parser.add_argument("--chunks", default="10000,100000")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="dz-eval-"))
+    lines = ["| model | query kind | recall@5 | MRR |", "|---|---|---:|---:|"]
+    for model in filter(None, args.models.split(",")):
+        path, topics, queries = ingest(work / model, model)
+        for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries)).items():
+            lines.append(f"| {model} | {kind} | {recall:.2f} | {mrr:.2f} |")
+            print(lines[-1])
+    lines += ["", "| store | chunks | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
+    for store, admin in databases(work).items():
+        for chunks in (int(c) for c in args.chunks.split(",")):
+            url = asyncio.run(fresh(admin, str(chunks)))
+            started = time.monotonic()
+            asyncio.run(fill(url, chunks))
+            print(f"  {store}: {chunks} chunks loaded in {time.monotonic() - started:.0f} s")
+            p50, p95 = asyncio.run(latency(url))
+            lines.append(f"| {store} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
+            print(lines[-1])
+    report = "\n".join(lines)
+    print(report)
+    out = REPO / "bench" / "results" / f"{date.today()}.md"
+    out.parent.mkdir(exist_ok=True)
+    with out.open("a") as handle:
+        handle.write(f"\n## retrieval ({' '.join(sys.argv)})\n\n{report}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
