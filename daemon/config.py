@@ -220,6 +220,7 @@ class ExtractionSettings(Frozen):
     timeout_s: float = Field(60.0, gt=0)
     memory: ByteSize = Field(ByteSize(512 * 1024**2), ge=64 * 1024**2)
     max_chars: int = Field(20_000_000, ge=1000)  # text beyond this is cut, `truncated: true`
+    processes: int = Field(default_factory=lambda: default_cpu_workers(), ge=1, le=64)
 
 
 def default_cpu_workers() -> int:

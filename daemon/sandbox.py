@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import threading
+import time
+import weakref
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -28,14 +31,34 @@ class ExtractionLimit(PermanentError):
     """The document hit the time or memory limit of its extraction process."""
 
 
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+    weakref.WeakKeyDictionary()
+POLL_S = 0.25  # how soon a cancelled extraction lets its thread go
+
+
 async def extract(path: Path, version: tuple[int, int], kind: str,
                   limits: ExtractionSettings) -> Extracted:
-    """The text and metadata of one document, read in a sandboxed process."""
-    return await asyncio.to_thread(_run, path, version, kind, limits)
+    """The text and metadata of one document, read in a sandboxed process; at most
+    `limits.processes` at once, so a batch of PDFs cannot take all memory. Cancelling (a
+    drain) kills the process within POLL_S rather than letting it run to its deadline."""
+    cancelled = threading.Event()
+    async with _slots(limits.processes):
+        try:
+            return await asyncio.to_thread(_run, path, version, kind, limits, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
 
-def _run(path: Path, version: tuple[int, int], kind: str,
-         limits: ExtractionSettings) -> Extracted:
+def _slots(count: int) -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _SLOTS:
+        _SLOTS[loop] = asyncio.Semaphore(count)
+    return _SLOTS[loop]
+
+
+def _run(path: Path, version: tuple[int, int], kind: str, limits: ExtractionSettings,
+         cancelled: threading.Event) -> Extracted:
     context = workers.context()
     reader, writer = context.Pipe(duplex=False)
     args = (writer, path, version, kind, limits, *workers.parent_state())
@@ -43,6 +66,8 @@ def _run(path: Path, version: tuple[int, int], kind: str,
     process.start()
     writer.close()
     try:
+        if not _wait(reader, limits.timeout_s, cancelled):
+            raise ExtractionLimit(f"{kind}: extraction took longer than {limits.timeout_s:g} s")
         return _answer(reader, kind, limits, process)
     finally:
         process.kill()
@@ -53,8 +78,6 @@ def _run(path: Path, version: tuple[int, int], kind: str,
 def _answer(reader: Connection, kind: str, limits: ExtractionSettings,
             process: BaseProcess) -> Extracted:
     """What the process sent, or the limit it ran into."""
-    if not reader.poll(limits.timeout_s):
-        raise ExtractionLimit(f"{kind}: extraction took longer than {limits.timeout_s:g} s")
     try:
         status, payload = reader.recv()
     except EOFError:
@@ -67,6 +90,18 @@ def _answer(reader: Connection, kind: str, limits: ExtractionSettings,
     if status == "vanished":
         raise FileVanished(*payload)
     raise (ExtractionLimit if status == "memory" else PermanentError)(payload)
+
+
+def _wait(reader: Connection, timeout_s: float, cancelled: threading.Event) -> bool:
+    """True once the process has answered (or died); False at the deadline or if cancelled."""
+    deadline = time.monotonic() + timeout_s
+    while not cancelled.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if reader.poll(min(POLL_S, left)):
+            return True
+    return False
 
 
 def _child(writer: Connection, path: Path, version: tuple[int, int], kind: str,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -58,3 +60,35 @@ async def test_a_changed_file_is_not_read(tmp_path: Path) -> None:
     path.write_bytes(make_pdf(["two, longer"]))
     with pytest.raises(FileVanished):
         await sandbox.extract(path, version, "pdf", ExtractionSettings())
+
+
+async def test_a_cancelled_extraction_kills_its_process_at_once(tmp_path: Path) -> None:
+    """A drain cancels the wait; the process is gone long before its deadline."""
+    path, version = write(tmp_path / "loop.pdf", endless_pdf())
+    task = asyncio.create_task(sandbox.extract(path, version, "pdf",
+                                               ExtractionSettings(timeout_s=300)))
+    await asyncio.sleep(1)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(asyncio.to_thread(_no_extraction_process), 60)
+    assert time.monotonic() - started < 60
+
+
+def _no_extraction_process() -> None:
+    while any(p.name.startswith("extract-") for p in multiprocessing.active_children()):
+        time.sleep(0.1)
+
+
+async def test_extractions_wait_for_a_free_process(tmp_path: Path) -> None:
+    """With processes: 1, two slow PDFs are read one after the other, not together."""
+    one, version_one = write(tmp_path / "a.pdf", endless_pdf())
+    two, version_two = write(tmp_path / "b.pdf", endless_pdf())
+    limits = ExtractionSettings(timeout_s=2, processes=1)
+    started = time.monotonic()
+    results = await asyncio.gather(sandbox.extract(one, version_one, "pdf", limits),
+                                   sandbox.extract(two, version_two, "pdf", limits),
+                                   return_exceptions=True)
+    assert all(isinstance(r, sandbox.ExtractionLimit) for r in results)
+    assert time.monotonic() - started >= 4  # 2 s each, in turn
