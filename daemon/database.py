@@ -209,6 +209,10 @@ async def _create_index(conn: asyncpg.Connection) -> None:
     (search then scans, slower but right)."""
     if await conn.fetchval("SELECT to_regclass('document_embeddings_hnsw')") is not None:
         return
+    rows = await conn.fetchval("SELECT reltuples::bigint FROM pg_class "
+                               "WHERE oid = 'document_embeddings'::regclass")
+    if rows and rows > 0:  # minutes for millions of chunks: say why the start waits
+        log.info("building_hnsw_index", chunks_estimate=rows)
     try:
         await conn.execute(sql("hnsw_index"))
     except asyncpg.InsufficientPrivilegeError as exc:
