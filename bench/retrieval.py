@@ -6,7 +6,8 @@ Quality: the generated corpus of `bench/retrieval_corpus.py` (320 documents, 80 
 through the daemon (`--once`, embedded Postgres), then every query through `daemon.search`;
 per model and query kind: recall@5 (relevant documents among the first 5, out of 5) and MRR
 (1 / rank of the first relevant document, 0 when none is in the first 10).
-Latency: a database filled with N synthetic chunks (N/10 documents), 30 queries each timed
+Latency: a fresh database (dropped afterwards) filled with N synthetic chunks (N/10
+documents), 30 queries each timed
 in-process: pgvector + HNSW (embedded Postgres) and real[] (the server at
 DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
 """
@@ -23,7 +24,9 @@ import time
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import yaml
 
 from bench import infra
@@ -126,15 +129,42 @@ def databases(work: Path) -> dict[str, str]:
 
 
 async def fresh(admin: str, tag: str) -> str:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin)
     name = f"dz_eval_{tag}_{int(time.time())}"
+    await admin_sql(admin, f'CREATE DATABASE "{name}"')
+    return infra.with_database(admin, name)
+
+
+async def admin_sql(admin: str, statement: str) -> None:
+    conn = await asyncpg.connect(admin)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement)
     finally:
         await conn.close()
-    return infra.with_database(admin, name)
+
+
+def quality_rows(work: Path, models: list[str]) -> list[str]:
+    lines = ["| model | query kind | recall@5 | MRR |", "|---|---|---:|---:|"]
+    for model in models:
+        path, topics, queries = ingest(work / model, model)
+        for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries)).items():
+            lines.append(f"| {model} | {kind} | {recall:.2f} | {mrr:.2f} |")
+            print(lines[-1])
+    return lines
+
+
+def latency_rows(work: Path, sizes: list[int]) -> list[str]:
+    lines = ["| store | chunks | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
+    for store, admin in databases(work).items():
+        for chunks in sizes:
+            url = asyncio.run(fresh(admin, str(chunks)))
+            started = time.monotonic()
+            asyncio.run(fill(url, chunks))
+            print(f"  {store}: {chunks} chunks loaded in {time.monotonic() - started:.0f} s")
+            p50, p95 = asyncio.run(latency(url))
+            asyncio.run(admin_sql(admin, f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)'))
+            lines.append(f"| {store} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
+            print(lines[-1])
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,23 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", default="10000,100000")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="dz-eval-"))
-    lines = ["| model | query kind | recall@5 | MRR |", "|---|---|---:|---:|"]
-    for model in filter(None, args.models.split(",")):
-        path, topics, queries = ingest(work / model, model)
-        for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries)).items():
-            lines.append(f"| {model} | {kind} | {recall:.2f} | {mrr:.2f} |")
-            print(lines[-1])
-    lines += ["", "| store | chunks | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
-    for store, admin in databases(work).items():
-        for chunks in (int(c) for c in args.chunks.split(",")):
-            url = asyncio.run(fresh(admin, str(chunks)))
-            started = time.monotonic()
-            asyncio.run(fill(url, chunks))
-            print(f"  {store}: {chunks} chunks loaded in {time.monotonic() - started:.0f} s")
-            p50, p95 = asyncio.run(latency(url))
-            lines.append(f"| {store} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
-            print(lines[-1])
-    report = "\n".join(lines)
+    report = "\n".join([*quality_rows(work, [m for m in args.models.split(",") if m]), "",
+                        *latency_rows(work, [int(c) for c in args.chunks.split(",")])])
     print(report)
     out = REPO / "bench" / "results" / f"{date.today()}.md"
     out.parent.mkdir(exist_ok=True)
