@@ -7,9 +7,8 @@ through the daemon (`--once`, embedded Postgres), then every query through `daem
 per model and query kind: recall@5 (relevant documents among the first 5, out of 5) and MRR
 (1 / rank of the first relevant document, 0 when none is in the first 10).
 Latency: a fresh database (dropped afterwards) filled with N synthetic chunks (N/10
-documents), 30 queries each timed
-in-process: pgvector + HNSW (embedded Postgres) and real[] (the server at
-DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
+documents), 30 queries each timed in-process: pgvector + HNSW (embedded Postgres) and real[]
+(the server at DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
 """
 
 from __future__ import annotations
