@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from daemon.embedders import Vectors
+from daemon.embedders import Vectors, normalised
 
 _TOKEN = re.compile(r"\w+")
 _CACHE_LIMIT = 1_000_000
@@ -63,5 +63,4 @@ class HashingEmbedder:
         slots = rows * self.dim + (hashes % np.uint32(self.dim)).astype(np.int64)
         counts = np.bincount(slots, weights=signs, minlength=len(texts) * self.dim)
         damped = (np.sign(counts) * np.log1p(np.abs(counts))).reshape(len(texts), self.dim)
-        norms = np.linalg.norm(damped, axis=1, keepdims=True)
-        return (damped / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+        return normalised(damped)
