@@ -85,7 +85,8 @@ async def text_of(name: str, data: bytes, sessions: Sessions) -> str:
     if kind not in TEXT_KINDS:
         return ""
     try:
-        return (await asyncio.to_thread(formats.extract_bytes, data, name, kind)).text
+        return (await asyncio.to_thread(formats.extract_bytes, data, name, kind,
+                                        sessions.settings.extraction.max_chars)).text
     except BinaryContent:
         return ""
 
