@@ -1,51 +1,118 @@
-"""Command line: `run` (the default), `--once`, `check`, `status` and `search`.
+"""Command line: parsing and dispatch. `run` (the default, with `--once`) starts the supervisor;
+`check`, `status`, `quarantine`, `search` and `reembed` are operator commands in
+`daemon.commands`, one module each.
 
-Exit codes: 0 all good; 1 some files quarantined; 2 bad config or usage; 3 a dependency could
-not be reached (or `check` found one failing); 130 interrupted.
+Exit codes: 0 all good; 1 some files quarantined (`--once`), or not all could be put back
+(`quarantine retry`); 2 bad config or usage; 3 a dependency could not be reached (or `check`
+found one failing); 4 and 5 `check` only (a zone folder unusable; the clock off S3's);
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import asyncpg
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from daemon import __version__, config, logs
-from daemon.config import EmbeddingSettings, Settings
-from daemon.database import Database, server_facts, sql
-from daemon.embedders import create as create_embedder
-from daemon.errors import ConfigError, DaemonError
-from daemon.ledger import state_of
-from daemon.logs import redact_text
-from daemon.objectstore import open_store
-from daemon.reembed import reembed
-from daemon.retry import RetryPolicy, describe
-from daemon.search import Hit, Query
-from daemon.search import search as find
-from daemon.sessions import probe_mlflow, probe_store
-from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, Supervisor
-from daemon.tracking import Tracking
+from daemon.commands import check, quarantine, reembed, search, status
+from daemon.config import DEFAULT_CONFIG, Settings
+from daemon.errors import ConfigError
+from daemon.search import Query
+from daemon.supervisor import EXIT_USAGE, Supervisor
 
-COMMANDS = ("run", "check", "status", "search", "reembed")
-STATES = ("hash", "upload", "store", "track", "finish", "stored", "duplicate", "vanished",
-          "superseded", "quarantined")
+if TYPE_CHECKING:
+    from daemon.progress import Progress
+
+COMMANDS = ("run", "check", "status", "quarantine", "search", "reembed")
+RAW = argparse.RawDescriptionHelpFormatter
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a process ended by SIGPIPE
 EPILOG = """examples:
   python -m daemon --config config/drop_zones.yaml          run the daemon
   python -m daemon --config config/drop_zones.yaml --once   process what is there, then exit
   python -m daemon check --config config/drop_zones.yaml    can it reach S3, Postgres, MLflow?
-  python -m daemon status --json                            counts by zone and state
+  python -m daemon status --json                            files by zone and state
+  python -m daemon quarantine list                          what was quarantined, and why
+  python -m daemon quarantine retry --all                   put quarantined files back
   python -m daemon search "quarterly revenue" --zone reports --limit 5
   python -m daemon reembed --provider sentence --model all-MiniLM-L6-v2 --replace
+
+the config is --config PATH, else $DROPZONE_CONFIG, else config/drop_zones.yaml.
+`python -m daemon COMMAND --help` says more about each command.
+
+exit codes:
+  0 all good · 1 some files quarantined (--once) or not put back (quarantine retry)
+  2 bad config or usage · 3 a dependency could not be reached · 130 interrupted
+  (check adds 4 and 5: see `check --help`)
 """
+RUN_EPILOG = """examples:
+  python -m daemon --config /etc/dropzone/drop_zones.yaml   watch the zones until SIGTERM
+  python -m daemon run --once                               backfill what is there, then exit
+  DROPZONE_CONFIG=/etc/dropzone/drop_zones.yaml python -m daemon --once --log-format json
+
+exit codes:
+  0 done · 1 some files were quarantined (--once) · 2 bad config
+  3 a dependency stayed unreachable (--once waits pipeline.outage_wait_s) · 130 interrupted
+"""
+CHECK_EPILOG = f"""checks, one line each (ok, warn, FAIL or n/a):
+  postgres  connect, create or verify the schema, server version
+  pgvector  whether search uses pgvector; if not, why not and how to install it
+  objects   put, get and delete a probe object; the server-side encryption
+  clock     this clock against the S3 endpoint's Date header (warn > 5 s, FAIL > 15 min)
+  mlflow    the experiment is writable
+  zone      each zone folder readable, writable and enterable by this user; its done and
+            quarantine folders writable or creatable (run check as the daemon's user)
+
+{check.EXIT_CODES}
+examples:
+  python -m daemon check --config /etc/dropzone/drop_zones.yaml
+  sudo -u dropzone python -m daemon check && systemctl start dropzone
+"""
+STATUS_EPILOG = """for each zone: files by state (the next stage while in flight, the outcome once
+done), the oldest file still waiting and how long it has waited, the last error of a file not
+done, and throughput (files stored or found duplicate in the last 5 minutes and hour).
+
+examples:
+  python -m daemon status
+  python -m daemon status --json | jq '.zones.documents.last_error'
+"""
+QUARANTINE_EPILOG = """a file that cannot be processed is moved to its zone's quarantine folder
+with <name>.error.json beside it saying why. Fix the cause (a limit in the config, the file
+itself), then put it back: the next `--once`, or the running daemon, processes it again with a
+fresh attempt budget.
+
+examples:
+  python -m daemon quarantine list --zone documents
+  python -m daemon quarantine show 42
+  python -m daemon quarantine retry 42 43
+  python -m daemon quarantine retry --all --zone documents && python -m daemon --once
+"""
+RETRY_EPILOG = """each file goes back to its place in the zone; a file already there is never
+overwritten (that file is skipped, and said so). One line per file, then a summary.
+
+exit codes: 0 all put back · 1 some could not be · 2 usage · 3 database unreachable
+
+examples:
+  python -m daemon quarantine retry 42 43
+  python -m daemon quarantine retry --all --zone documents
+"""
+SEARCH_EPILOG = """examples:
+  python -m daemon search "quarterly revenue"
+  python -m daemon search "lattice theory" --zone papers --doc-type research_paper --limit 3
+  python -m daemon search "invoice overdue" --json | jq -r .source_path
+"""
+REEMBED_EPILOG = """examples:
+  python -m daemon reembed --provider sentence --model all-MiniLM-L6-v2 --replace
+  python -m daemon reembed --zone reports        (the configured model, one zone)
+"""
+
+
+class MissingConfig(Exception):
+    """No config file where one was looked for."""
 
 
 def _common() -> argparse.ArgumentParser:
@@ -65,24 +132,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m daemon", description="dropzone: drop a file in a folder; find it in "
         "object storage, in Postgres with its embeddings, and in MLflow.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=RAW)
     parser.add_argument("--version", action="version", version=f"dropzone {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,check,status,search,reembed}")
-    run = commands.add_parser("run", parents=[common], help="watch the zones (default)")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    run = commands.add_parser("run", parents=[common], help="watch the zones (default)",
+                              epilog=RUN_EPILOG, formatter_class=RAW)
     run.add_argument("--once", action="store_true",
                      help="process everything present, record it, finish the files, exit")
-    commands.add_parser("check", parents=[common],
-                        help="verify object store, Postgres and MLflow; exit 3 if one fails")
-    status = commands.add_parser("status", parents=[common], help="counts by zone and state")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("check", parents=[common], epilog=CHECK_EPILOG, formatter_class=RAW,
+                        help="verify dependencies, clock and zone folders; exit 3-5 if one fails",
+                        description="Can this daemon work here? One line per thing checked.")
+    state = commands.add_parser("status", parents=[common], help="files by zone and state",
+                                epilog=STATUS_EPILOG, formatter_class=RAW)
+    state.add_argument("--json", action="store_true", help="one JSON document")
+    _quarantine_parser(commands, common)
     _search_parser(commands, common)
     _reembed_parser(commands, common)
     return parser
 
 
+def _quarantine_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "quarantine", help="list, show and retry quarantined files", epilog=QUARANTINE_EPILOG,
+        formatter_class=RAW, description="Files that could not be processed, and why.")
+    actions = parser.add_subparsers(dest="action", metavar="{list,show,retry}", required=True)
+    listing = actions.add_parser("list", parents=[common], help="id, zone, when, path, reason",
+                                 epilog=QUARANTINE_EPILOG, formatter_class=RAW)
+    listing.add_argument("--zone", help="only this zone")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = actions.add_parser("show", parents=[common], formatter_class=RAW,
+                              help="everything known about one file",
+                              epilog="example:\n  python -m daemon quarantine show 42 --json\n")
+    show.add_argument("id", type=int, help="its id (from `quarantine list`)")
+    show.add_argument("--json", action="store_true", help="one JSON document")
+    again = actions.add_parser("retry", parents=[common], epilog=RETRY_EPILOG,
+                               formatter_class=RAW, help="put files back to be processed again")
+    again.add_argument("ids", type=int, nargs="*", metavar="ID", help="ids from `quarantine list`")
+    again.add_argument("--all", action="store_true", help="every quarantined file (of --zone)")
+    again.add_argument("--zone", help="only files of this zone")
+
+
 def _reembed_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     again = commands.add_parser(
         "reembed", parents=[common], help="embed stored documents with another model",
+        epilog=REEMBED_EPILOG, formatter_class=RAW,
         description="Give every stored document chunks of MODEL (default: the configured "
         "one), reading its text back from the object store; documents that have them already "
         "are skipped, so an interrupted run resumes. Set the same model in the config to "
@@ -97,6 +190,7 @@ def _reembed_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _search_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     find = commands.add_parser("search", parents=[common], help="documents nearest in meaning",
+                               epilog=SEARCH_EPILOG, formatter_class=RAW,
                                description="The documents nearest in meaning to QUERY, best "
                                "first, each with its best chunk.")
     find.add_argument("query", help="what to look for, in plain words")
@@ -115,168 +209,92 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def find_config(given: Path | None) -> Path:
+    """--config, else $DROPZONE_CONFIG, else the default; refused in plain words if absent."""
+    env = os.environ.get("DROPZONE_CONFIG")
+    path = given or Path(env or DEFAULT_CONFIG)
+    if not path.exists():
+        source = "from --config" if given else "from DROPZONE_CONFIG" if env else "the default"
+        raise MissingConfig(f"no config at {path.absolute()} ({source}); pass --config PATH "
+                            "or set DROPZONE_CONFIG")
+    return path
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What argparse cannot say: `quarantine retry` takes ids or --all, not both or neither."""
+    if args.command == "quarantine" and args.action == "retry" and bool(args.ids) == args.all:
+        return ("quarantine retry needs file ids or --all (not both); "
+                "`python -m daemon quarantine list` shows the ids")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         build_parser().print_help()
         return EXIT_USAGE
+    problem = usage_problem(args)
     try:
-        settings = config.load(args.config)
+        if problem:
+            raise MissingConfig(problem)
+        settings = config.load(find_config(args.config))
+    except MissingConfig as exc:
+        print(f"dropzone: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"dropzone: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    stream = sys.stdout if args.command == "run" else sys.stderr
-    logs.configure(args.log_level, args.log_format, stream)
-    if args.command == "run":
-        return Supervisor(settings, once=args.once).run()
-    if args.command == "check":
-        return asyncio.run(check(settings))
-    if args.command == "search":
-        return asyncio.run(search(settings, args))
-    if args.command == "reembed":
-        return reembed_command(settings, args)
-    return asyncio.run(status(settings, args.json))
+    args.progress = _progress(args)
+    if args.progress is not None:  # the bar tells what info lines would; warnings go above it
+        level = "warning" if args.log_level == "info" else args.log_level
+        logs.configure(level, "console", args.progress.logs(sys.stdout))
+    else:
+        logs.configure(args.log_level, args.log_format,
+                       sys.stdout if args.command == "run" else sys.stderr)
+    return dispatch(settings, args)
 
 
-# -- check ------------------------------------------------------------------------------------
+def _progress(args: argparse.Namespace) -> Progress | None:
+    """A progress bar for `--once` when stdout and stderr are a terminal and no log format
+    was asked for; in a pipe, a file or under systemd, JSON lines only."""
+    if args.command != "run" or not args.once or args.log_format != "auto":
+        return None
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        return None
+    from daemon.progress import Progress  # tqdm: only for a terminal
 
-Probe = Callable[[Settings], Awaitable[str]]
-
-
-async def _probe_database(settings: Settings) -> str:
-    async with Database(settings) as db:
-        facts = await server_facts(db.pool)
-    vector = f"pgvector {facts['pgvector']}" if facts["pgvector"] else "no pgvector (real[])"
-    where = "embedded" if settings.database.url == "embedded" else redact_text(
-        settings.database.url)
-    return f"PostgreSQL {facts['version']}, {vector}, schema v{facts['schema']} ({where})"
+    return Progress(sys.stderr)
 
 
-async def _probe_objects(settings: Settings) -> str:
-    async with AsyncExitStack() as stack:
-        store = await open_store(settings.storage, stack)
-        put = await probe_store(store, RetryPolicy(attempts=2, deadline_s=15))
-    where = f"{put.url.rsplit('/', 1)[0]}/: put, get, delete ok"
-    if not settings.storage.is_s3:
-        return f"{where}; SSE n/a (local folder)"
-    wanted = None if settings.storage.sse == "none" else settings.storage.sse
-    if put.sse != wanted:
-        raise DaemonError(f"{where}, but SSE is {put.sse or 'none'} (configured: {wanted})")
-    return f"{where}; SSE {put.sse or 'none'} confirmed by the store"
+def _quarantine(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return asyncio.run(quarantine.list_command(settings, args.zone, args.json))
+    if args.action == "show":
+        return asyncio.run(quarantine.show_command(settings, args.id, args.json))
+    return asyncio.run(quarantine.retry_command(settings, args.ids, args.zone, args.all))
 
 
-async def _probe_mlflow(settings: Settings) -> str:
-    tracking = Tracking(settings.mlflow, settings.state_dir)
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    path = find_config(args.config).absolute()  # read again on SIGHUP
+    return Supervisor(settings, once=args.once, config_path=path, progress=args.progress).run()
+
+
+DISPATCH: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "run": _run,
+    "check": lambda settings, args: asyncio.run(check.run(settings)),
+    "status": lambda settings, args: asyncio.run(status.run(settings, args.json)),
+    "quarantine": _quarantine,
+    "search": lambda settings, args: asyncio.run(search.run(settings, Query(
+        args.query, args.zone, args.doc_type, max(1, args.limit)), args.json)),
+    "reembed": lambda settings, args: reembed.run(settings, args.provider, args.model,
+                                                  args.zone, args.replace),
+}
+
+
+def dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the command; a reader that went away (`status | head`) ends it quietly."""
     try:
-        experiment = await probe_mlflow(tracking, RetryPolicy(attempts=2, deadline_s=30))
-    finally:
-        tracking.close()
-    uri = redact_text(settings.mlflow.tracking_uri)
-    return f"{uri}: experiment '{settings.mlflow.experiment}' (id {experiment}) writable"
-
-
-async def _run_probe(name: str, probe: Probe, settings: Settings) -> bool:
-    start = time.perf_counter()
-    try:
-        detail, ok = await probe(settings), True
-    except Exception as exc:
-        error = exc if isinstance(exc, DaemonError) else None
-        detail, ok = redact_text(str(error) if error else describe(exc)), False
-    ms = (time.perf_counter() - start) * 1000
-    print(f"{name:<9} {'ok' if ok else 'FAIL':<5} {detail} [{ms:.0f} ms]", flush=True)
-    return ok
-
-
-async def check(settings: Settings) -> int:
-    """One line per dependency, like the original guide's setup script but honest."""
-    probes = {"postgres": _probe_database, "objects": _probe_objects, "mlflow": _probe_mlflow}
-    results = [await _run_probe(name, probe, settings) for name, probe in probes.items()]
-    return EXIT_OK if all(results) else EXIT_DEPENDENCY
-
-
-# -- status -----------------------------------------------------------------------------------
-
-def summarize(settings: Settings, rows: Sequence[Any]) -> dict[str, Any]:
-    """{zone: {"states": {state: files}, "bytes": n, "last_update": iso}} for every zone."""
-    zones: dict[str, Any] = {z.name: {"states": {}, "bytes": 0, "last_update": None}
-                             for z in settings.zones}
-    for row in rows:
-        zone = zones.setdefault(row["zone"], {"states": {}, "bytes": 0, "last_update": None})
-        state = state_of(row["stage"], row["outcome"])
-        zone["states"][state] = zone["states"].get(state, 0) + int(row["files"])
-        zone["bytes"] += int(row["bytes"])
-        last = row["last_update"].isoformat() if row["last_update"] else None
-        zone["last_update"] = max(filter(None, (zone["last_update"], last)), default=None)
-    return {"zones": zones}
-
-
-def render_table(summary: dict[str, Any]) -> str:
-    header = f"{'zone':<16}" + "".join(f"{s:>12}" for s in STATES)
-    lines = [header]
-    for name, zone in summary["zones"].items():
-        counts = "".join(f"{zone['states'].get(s, 0):>12}" for s in STATES)
-        lines.append(f"{name:<16}{counts}")
-    return "\n".join(lines)
-
-
-async def status(settings: Settings, as_json: bool) -> int:
-    try:
-        async with Database(settings) as db:
-            rows = await db.pool.fetch(sql("status"))
-    except DaemonError as exc:
-        print(f"dropzone: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_DEPENDENCY
-    summary = summarize(settings, rows)
-    print(json.dumps(summary, indent=2) if as_json else render_table(summary))
-    return EXIT_OK
-
-
-# -- search -----------------------------------------------------------------------------------
-
-async def search(settings: Settings, args: argparse.Namespace) -> int:
-    query = Query(args.query, args.zone, args.doc_type, max(1, args.limit))
-    try:
-        async with Database(settings) as db, db.pool.acquire() as conn:
-            hits = await find(conn, create_embedder(settings.embedding), query, db.vector)
-    except (DaemonError, asyncpg.PostgresError, OSError) as exc:
-        print(f"dropzone: search failed: {redact_text(describe(exc))}", file=sys.stderr)
-        return EXIT_DEPENDENCY
-    for rank, hit in enumerate(hits, 1):
-        print(json.dumps(hit.as_json()) if args.json else render_hit(rank, hit))
-    if not hits and not args.json:
-        print("no documents match", file=sys.stderr)
-    return EXIT_OK
-
-
-def render_hit(rank: int, hit: Hit) -> str:
-    title = hit.metadata.get("title") or hit.source_path
-    excerpt = " ".join(hit.chunk.split())[:200]
-    return (f"{rank:>2}. {hit.score:.3f}  {title}\n    {hit.zone}/{hit.source_path}  "
-            f"{hit.object_url}\n    {excerpt}")
-
-
-# -- reembed ----------------------------------------------------------------------------------
-
-def reembed_command(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        settings = with_model(settings, args.provider, args.model)
-        done, failed = asyncio.run(reembed(settings, args.zone, args.replace))
-    except ConfigError as exc:
-        print(f"dropzone: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except DaemonError as exc:
-        print(f"dropzone: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_DEPENDENCY
-    print(f"re-embedded {done} documents with {settings.embedding.model}"
-          + (f"; {failed} could not be read (see the log)" if failed else ""), file=sys.stderr)
-    return EXIT_QUARANTINED if failed else EXIT_OK
-
-
-def with_model(settings: Settings, provider: str | None, model: str | None) -> Settings:
-    """The settings with another embedding model, validated as the config file would be."""
-    embedding = settings.embedding.model_dump()
-    embedding.update({k: v for k, v in (("provider", provider), ("model", model)) if v})
-    try:
-        return settings.model_copy(update={"embedding": EmbeddingSettings(**embedding)})
-    except ValidationError as exc:
-        raise ConfigError([f"embedding: {e['msg']}" for e in exc.errors()]) from None
+        return DISPATCH[args.command](settings, args)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_BROKEN_PIPE

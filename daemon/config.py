@@ -245,6 +245,39 @@ class PipelineSettings(Frozen):
     outage_wait_s: float = Field(300.0, ge=0)  # --once: how long to wait out a dependency
 
 
+class MetricsSettings(Frozen):
+    """The Prometheus endpoint (/metrics, /healthz, /readyz): off unless `listen` names an
+    address, since an open port is something an operator should choose, not find."""
+
+    listen: str | None = None  # host:port, like 127.0.0.1:9464 or [::1]:9464; null: off
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        if value is None or value == "":  # `${METRICS_LISTEN:-}` unset: no endpoint
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be host:port in quotes, like \"127.0.0.1:9464\"")
+        cls.split(value)
+        return value
+
+    @staticmethod
+    def split(listen: str) -> tuple[str, int]:
+        """`host:port` (or `[v6]:port`) as (host, port); a ValueError says what is wrong."""
+        if "/" in listen:
+            raise ValueError(f"'{listen}' has a scheme or path: give host:port only")
+        host, colon, port = listen.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ValueError("an IPv6 address goes in brackets, like [::1]:9464")
+        if not colon or not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+            raise ValueError(f"'{listen}' is not host:port, like 127.0.0.1:9464")
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"port '{port}' is not a number from 1 to 65535")
+        return host, int(port)
+
+
 class Settings(Frozen):
     """The whole configuration of one daemon."""
 
@@ -256,6 +289,7 @@ class Settings(Frozen):
     embedding: EmbeddingSettings = EmbeddingSettings()
     extraction: ExtractionSettings = ExtractionSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="before")
     @classmethod

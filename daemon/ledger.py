@@ -238,6 +238,11 @@ class Ledger:
     async def untracked(self, horizon: int) -> int:
         return int(await self.sessions.fetchval(sql("untracked"), self.zones, horizon))
 
+    async def waiting(self) -> dict[str, int]:
+        """Files of each zone not yet at their end."""
+        rows = await self.sessions.query(sql("waiting"), self.zones)
+        return {zone: 0 for zone in self.zones} | {r["zone"]: int(r["files"]) for r in rows}
+
     async def reap_dead(self) -> int:
         """Give back the claims of holders that died on this host; returns how many holders."""
         holders = await self.sessions.query(sql("claim_holders"))

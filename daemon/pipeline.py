@@ -34,7 +34,7 @@ async def process(rows: list[FileRow], env: Env) -> list[int]:
     """Take a batch of claimed files as far as each can go now (to `track`, done, a retry or
     quarantine), stage by stage, all files of a stage together. Returns the ids of files whose
     outcome could not be recorded (the ledger was away): their claims are to be given back."""
-    jobs = [Job(row, env.settings.zone(row.zone)) for row in rows]
+    jobs = [Job(row, env.zone(row.zone)) for row in rows]
     for stage in PLAN:  # hash -> upload -> store -> finish: one pass carries a file through
         group = [job for job in pending(jobs) if job.row.stage == stage]
         if group:
@@ -118,6 +118,8 @@ async def _failed(job: Job, env: Env, exc: BaseException) -> None:
     if isinstance(error, TransientError) and budget_left:
         delay = backoff_s(job.row.attempts, env)
         await env.ledger.retry_later(job.row, describe(error), delay)
+        if env.metrics is not None:
+            env.metrics.retried("file_retry")
         log.warning("file_retry", zone=job.row.zone, path=job.row.rel_path, stage=job.row.stage,
                     attempts=job.row.attempts, retry_in_s=round(delay, 1), error=str(error))
         return
@@ -136,6 +138,8 @@ async def _wait_out_outage(job: Job, env: Env, error: BaseException) -> bool:
         return False
     delay = min(60.0, max(1.0, outage.retry_at - time.monotonic())) * random.uniform(1, 1.5)
     await env.ledger.retry_later(job.row, describe(error), delay, counts=False)
+    if env.metrics is not None:
+        env.metrics.retried("outage")
     log.debug("file_waiting", zone=job.row.zone, path=job.row.rel_path,
               dependency=outage.name, retry_in_s=round(delay, 1))
     return True
@@ -146,6 +150,8 @@ def report(job: Job, env: Env) -> None:
     row = job.row
     outcome = row.outcome or row.stage
     env.counts[outcome] += 1
+    if env.metrics is not None:
+        env.metrics.file_done(row.zone, outcome, row.size_bytes, row.stage_ms)
     fields: dict[str, Any] = {
         "zone": row.zone, "path": row.rel_path, "outcome": outcome, "sha256": row.sha256,
         "object_key": row.object_key, "bytes": row.size_bytes, "chunks": row.chunks,

@@ -10,8 +10,10 @@ multiply.
 from __future__ import annotations
 
 import errno
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -188,7 +190,77 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
         exc = state.outcome.exception() if state.outcome else None
         log.warning("retrying", what=what, attempt=state.attempt_number,
                     sleep_s=round(state.upcoming_sleep, 3), error=describe(exc) if exc else None)
+        for hook in _retry_hooks:
+            hook(retry_cause(what, exc))
     return before_sleep
+
+
+# -- retry causes: what metrics count (see `retries_counted`) -----------------------------------
+
+_retry_hooks: list[Callable[[str], None]] = []
+TIMEOUT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "DEADLINE_EXCEEDED"})
+THROTTLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "SlowDown",
+    "RequestLimitExceeded", "TooManyRequestsException", "REQUEST_LIMIT_EXCEEDED",
+    "RESOURCE_EXHAUSTED", "53300",  # 53300: too many Postgres connections
+})
+# asyncpg's client-side errors come from a connection that broke (see _RULES)
+_CONNECTION_ERRORS = (ConnectionError, boto.ConnectionError, asyncpg.exceptions.InterfaceError,
+                      asyncpg.exceptions.InternalClientError)
+
+
+@contextmanager
+def retries_counted(hook: Callable[[str], None]) -> Iterator[None]:
+    """While inside, `hook(cause)` hears of every call about to be retried. A call knows only
+    its `what` and its policy (no env), so this one module-level hook spares threading a
+    metrics object through every signature between the daemon and the SDKs."""
+    _retry_hooks.append(hook)
+    try:
+        yield
+    finally:
+        _retry_hooks.remove(hook)
+
+
+def retry_cause(what: str, exc: BaseException | None) -> str:
+    """A bounded label for a retry: the operation's family (the first word of `what`: put,
+    get, query, transaction, mlflow, probe, ...; never a key) and the error's kind."""
+    family = (what.split() or ["other"])[0].lower()
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,23}", family):
+        family = "other"
+    return f"{family}_{error_kind(exc)}"
+
+
+def _code(exc: BaseException) -> str:
+    """The error's code, whoever raised it: S3's Code, a SQLSTATE or MLflow's error_code."""
+    if isinstance(exc, boto.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return str(getattr(exc, "sqlstate", None) or getattr(exc, "error_code", None) or "")
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, boto.ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return 0
+
+
+def error_kind(exc: BaseException | None) -> str:
+    """timeout, throttled, connection, conflict, server_error or other: few enough to be a
+    metric label, telling "the network" from "the service is struggling" from "contention"."""
+    if exc is None:
+        return "other"
+    code, status, name = _code(exc), _status(exc), type(exc).__name__
+    if isinstance(exc, TimeoutError) or "Timeout" in name or code in TIMEOUT_CODES:
+        return "timeout"
+    if code in THROTTLE_CODES or status == 429:
+        return "throttled"
+    if isinstance(exc, _CONNECTION_ERRORS) or code.startswith("08") or "Connect" in name:
+        return "connection"
+    if len(code) == 5 and code.startswith("40"):  # SQLSTATE serialization failure, deadlock
+        return "conflict"
+    if status >= 500 or code in TRANSIENT_S3_CODES | TRANSIENT_MLFLOW_CODES or code[:2] in (
+            "57", "58"):
+        return "server_error"
+    return "other" if exc.__cause__ is None else error_kind(exc.__cause__)
 
 
 NO_RETRY = RetryPolicy(attempts=1, deadline_s=0.0)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import closing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, closing, suppress
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from daemon import __version__, systemd
+from daemon import __version__, reload, systemd
 from daemon.config import Settings
 from daemon.embedders import create as create_embedder
 from daemon.embedders.pool import EmbedPool
@@ -30,16 +31,24 @@ from daemon.errors import (
 )
 from daemon.identity import this_process
 from daemon.ledger import FileRow, Ledger
-from daemon.logs import get_logger
+from daemon.logs import get_logger, redact_text
 from daemon.pipeline import process, track_pending
+from daemon.reload import Watching
+from daemon.retry import retries_counted
 from daemon.sessions import Sessions
 from daemon.stages import Env
 from daemon.watcher import Watcher
+
+if TYPE_CHECKING:  # imported where used: only a terminal run needs tqdm, only metrics theirs
+    from daemon.metrics import Metrics
+    from daemon.progress import Progress
 
 log = get_logger("dropzone.supervisor")
 STORING = ("hash", "upload", "store")
 LARGE_BYTES = 4 * 1024**2  # a file this large travels in a batch of its own
 TRACKING_START_S = 5.0  # start MLflow this long after start-up if no file was stored before
+READY_RETRY_S = 5.0  # a dependency that did not answer at start-up is asked again this often
+PULSE_S = 5.0  # how often systemd's STATUS line is brought up to date
 EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -202,11 +211,20 @@ def _exit_for(exc: BaseException) -> int:
 class Supervisor:
     """Runs one daemon (or one `--once`) from start to exit code."""
 
-    def __init__(self, settings: Settings, once: bool = False) -> None:
+    def __init__(self, settings: Settings, once: bool = False,
+                 config_path: Path | None = None, progress: Progress | None = None) -> None:
         self.settings = settings
         self.once = once
+        self.progress = progress  # `--once` on a terminal: a bar, then a summary table
+        self.config_path = config_path  # read again on SIGHUP (None: the default lookup)
         self.owner = this_process()
+        self.notifier = systemd.Notifier.from_environment()
         self.should_exit = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.waiting: dict[str, int] | None = None  # files not yet at their end, by zone
+        self.ready = False  # READY=1 was sent
+        self.env: Env | None = None
+        self.metrics: Metrics | None = None  # when metrics.listen is set
         self._main: asyncio.Task[Any] | None = None
 
     def run(self) -> int:
@@ -221,7 +239,7 @@ class Supervisor:
         embedder = self._embedder()
         try:
             with closing(embedder):
-                async with Sessions(self.settings) as sessions:
+                async with self._metrics(), Sessions(self.settings) as sessions:
                     env = self._env(sessions, embedder)
                     return await (self._run_once(env) if self.once else self._run_daemon(env))
         except (DaemonError, BaseExceptionGroup) as exc:
@@ -241,13 +259,48 @@ class Supervisor:
     def _env(self, sessions: Sessions, embedder: EmbedPool) -> Env:
         zones = [z.name for z in self.settings.zones]
         ledger = Ledger(sessions, zones, self.owner, self.settings.pipeline.lease_s)
-        return Env(self.settings, sessions, ledger, embedder,
-                   mode="once" if self.once else "daemon")
+        self.env = Env(self.settings, sessions, ledger, embedder,
+                       mode="once" if self.once else "daemon", metrics=self.metrics)
+        return self.env
+
+    @asynccontextmanager
+    async def _metrics(self) -> AsyncIterator[None]:
+        """The Prometheus endpoint, when `metrics.listen` is set (daemon mode only: a `--once`
+        beside a running daemon would find the port taken). Bound before anything else
+        starts, so a port in use is said at once."""
+        listen = self.settings.metrics.listen
+        if self.once or not listen:
+            yield
+            return
+        from daemon.metrics import Metrics, serve  # only now: prometheus_client costs ~40 ms
+
+        self.metrics = Metrics()
+        with retries_counted(self.metrics.retried):
+            async with serve(self.metrics, listen, self._readiness):
+                yield
+
+    def _readiness(self) -> tuple[bool, str]:
+        """For /readyz: ready once READY=1 was sent, while no dependency is down."""
+        if self.should_exit.is_set():
+            return False, "draining"
+        if not self.ready or self.env is None:
+            return False, "starting"
+        down = [f"{b.name}: {b.reason}" for b in self.env.sessions.breakers.values()
+                if b.is_open]
+        return (False, redact_text("; ".join(down))) if down else (True, "ready")
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+
+    def _on_hangup(self) -> None:
+        if self.once:
+            log.info("reload_ignored", reason="--once reads its configuration once")
+            return
+        log.info("reload_requested", signal="SIGHUP")
+        self.reload_requested.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set() and self._main is not None:
@@ -288,25 +341,94 @@ class Supervisor:
 
     async def _run_daemon(self, env: Env) -> int:
         workers, stop_intake = Workers(env, self.settings.pipeline.workers), asyncio.Event()
-        watcher = Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s)
-        watching = asyncio.Event()
+        watching = Watching(env, self.settings.pipeline.rescan_s)
         async with asyncio.TaskGroup() as group:
             group.create_task(workers.run())
-            group.create_task(watcher.run(stop_intake, watching))
+            group.create_task(watching.run(stop_intake))
             group.create_task(Tracker(env).run(stop_intake))
-            upkeep = [group.create_task(self._start_tracking(env)),
-                      group.create_task(self._leases(env.ledger))]
-            await watching.wait()
-            systemd.notify("READY=1", f"STATUS=watching {len(self.settings.zones)} zone(s)")
-            log.info("daemon_ready", zones=[z.name for z in self.settings.zones], owner=self.owner)
+            upkeep = [group.create_task(task) for task in (
+                self._start_tracking(env), self._leases(env.ledger), self.notifier.keep_alive(),
+                self._become_ready(env, watching))]
             await self.should_exit.wait()
-            systemd.notify("STOPPING=1")
+            self.notifier.stopping(f"draining: {self._counts_text(env)}")
             stop_intake.set()
             await self._shutdown(env, workers)
             for task in upkeep:
                 task.cancel()
         log.info("daemon_stopped", **env.counts)
         return EXIT_OK
+
+    async def _become_ready(self, env: Env, watching: Watching) -> None:
+        """READY=1 once every zone is watched and the object store and MLflow answered (the
+        database did when the sessions opened); then live STATUS lines and reloads."""
+        await watching.up.wait()
+        for name, probe in (("objects", env.sessions.probe_store),
+                            ("mlflow", self._probe_mlflow(env))):
+            await self._until_answered(name, probe)
+        self.notifier.ready(self._status_text(env))
+        self.ready = True
+        log.info("daemon_ready", zones=[z.name for z in env.settings.zones], owner=self.owner)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._pulse(env))
+            group.create_task(self._reloads(env, watching))
+
+    def _probe_mlflow(self, env: Env) -> Callable[[], Awaitable[Any]]:
+        def probe() -> Awaitable[Any]:
+            env.sessions.tracking.start()
+            return env.sessions.probe_mlflow()
+        return probe
+
+    async def _until_answered(self, name: str, probe: Callable[[], Awaitable[Any]]) -> None:
+        """Call `probe` until it succeeds, saying what is awaited in STATUS and the log."""
+        while True:
+            try:
+                await probe()
+                return
+            except DaemonError as exc:
+                self.notifier.status(f"waiting for {name}: {redact_text(str(exc))}")
+                log.warning("not_ready", dependency=name, error=str(exc), retry_in_s=READY_RETRY_S)
+            await asyncio.sleep(READY_RETRY_S)
+
+    async def _pulse(self, env: Env) -> None:
+        """Every few seconds: the live counts as systemd's STATUS line."""
+        while True:
+            await asyncio.sleep(PULSE_S)
+            with suppress(DaemonError):  # an outage is logged where it is met; old counts stand
+                self.waiting = await env.ledger.waiting()
+                for zone, files in self.waiting.items():
+                    if self.metrics is not None:
+                        self.metrics.queue_depth(zone, files)
+            self.notifier.status(self._status_text(env))
+
+    def _status_text(self, env: Env) -> str:
+        queued = "?" if self.waiting is None else str(sum(self.waiting.values()))
+        zones = len(env.settings.zones)
+        return f"watching {zones} zone(s); {queued} waiting; since start: {self._counts_text(env)}"
+
+    @staticmethod
+    def _counts_text(env: Env) -> str:
+        outcomes = ("stored", "duplicate", "quarantined")
+        return ", ".join(f"{env.counts[o]} {o}" for o in outcomes)
+
+    async def _reloads(self, env: Env, watching: Watching) -> None:
+        """On SIGHUP: RELOADING=1, then READY=1 once the new zones (or the old ones, if the
+        new file is refused) are all watched."""
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            self.notifier.reloading()
+            await self._reload(env, watching)
+            self.notifier.ready(self._status_text(env))
+
+    async def _reload(self, env: Env, watching: Watching) -> None:
+        new = await reload.load(self.config_path)
+        if new is None:
+            return
+        result = reload.plan(env.settings, new)
+        if result.zones_changed:
+            reload.apply(env, new.zones)
+            await watching.rewatch()
+        reload.report(result)
 
     async def _until_done(self, env: Env, left: Callable[[], Awaitable[int]], what: str) -> bool:
         """Poll until `left()` is 0, logging progress every 5 s; False if told to stop first."""
@@ -315,6 +437,8 @@ class Supervisor:
             self._give_up_on_outages(env)
             try:
                 now_left = await left()
+                if self.progress is not None:
+                    self.progress.update(what, now_left)
             except TransientError as exc:  # Postgres away: the breaker times the outage
                 report_loop_error("progress_unknown", exc)
                 await sleep_unless(self.should_exit, 1.0)
@@ -369,6 +493,8 @@ class Supervisor:
         done = sum(env.counts.values())
         log.info("once_finished", elapsed_s=round(elapsed, 3),
                  files_per_s=round(done / elapsed, 1) if elapsed else None, **env.counts)
+        if self.progress is not None:
+            self.progress.finish(env.counts, elapsed)
         return self._exit_code(env, tracked)
 
     def _exit_code(self, env: Env, tracked: bool) -> int:

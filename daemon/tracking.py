@@ -22,7 +22,7 @@ from daemon import failpoints, workers
 from daemon.config import MlflowSettings
 from daemon.errors import PermanentError, TransientError
 from daemon.files import exclusive
-from daemon.logs import adopt, get_logger
+from daemon.logs import add_secret, adopt, get_logger
 from daemon.retry import translate
 
 T = TypeVar("T")
@@ -49,9 +49,22 @@ def replaced() -> bool:
     return _worker is not None and _worker.generation > 1
 
 
+def token_from_credentials() -> None:
+    """MLflow's bearer token handed over by systemd (`LoadCredential=mlflow_token`), put where
+    MLflow looks for it ($MLFLOW_TRACKING_TOKEN, unless that is set) and never logged."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(folder) / "mlflow_token" if folder else None
+    if path is None or "MLFLOW_TRACKING_TOKEN" in os.environ or not path.is_file():
+        return
+    token = path.read_text(encoding="utf-8").strip()
+    add_secret(token)
+    os.environ["MLFLOW_TRACKING_TOKEN"] = token
+
+
 def _init_worker(tracking: Tracking, daemon_pid: int, log_state: Any) -> None:
     global _worker
     workers.setup(daemon_pid, log_state)
+    token_from_credentials()  # the fork server's environment may predate the daemon's reading
     _worker = tracking
 
 
@@ -96,6 +109,7 @@ class Tracking:
     def __init__(self, settings: MlflowSettings, state_dir: Path) -> None:
         self.settings = settings
         self.state_dir = state_dir
+        token_from_credentials()
         self.generation = 0  # how many MLflow processes this daemon has started
         self._executor = self._spawn()
         self.warmup: Future[None] | None = None

@@ -165,6 +165,13 @@ SELECT count(*) FROM dz_files
  WHERE (stage = 'track' OR (stage = 'quarantined' AND NOT reported))
    AND zone = ANY($1::text[]) AND id <= $2;
 
+-- name: waiting
+-- Files of these zones not yet at their end (waiting, retrying or in flight), by zone: the
+-- daemon's STATUS line and queue-depth gauge, every few seconds.
+SELECT zone, count(*) AS files FROM dz_files
+ WHERE stage IN ('hash', 'upload', 'store', 'track', 'finish') AND zone = ANY($1::text[])
+ GROUP BY zone;
+
 -- name: claim_holders
 -- Everyone holding a live claim (the reaper checks which of them died on this host).
 SELECT DISTINCT claimed_by FROM dz_files WHERE claimed_by IS NOT NULL;
@@ -245,3 +252,86 @@ SELECT DISTINCT ON (d.id) d.id, d.zone, d.doc_type, d.source_path, f.object_key
 -- name: drop_other_models
 -- `reembed --replace`: a document's chunks of every model but $2.
 DELETE FROM document_embeddings WHERE document_id = $1 AND model <> $2;
+
+-- operator commands ----------------------------------------------------------------------------
+-- `status`, `check` and `quarantine` (daemon/commands/). They read the ledger, and `quarantine
+-- retry` resets a quarantined row so that the next claim takes the file again.
+
+-- name: status_details
+-- Per zone in $1: the oldest file not yet done or quarantined (by discovery), the latest error
+-- of a file not done (waiting for a retry, or quarantined), and how many files went all the way
+-- (stored or duplicate) in the last 5 minutes and hour. One pass over the ledger (`seen` is
+-- materialised once); ages are the server's, in seconds.
+WITH seen AS (
+    SELECT id, zone, rel_path, stage, outcome, last_error, discovered_at, updated_at
+      FROM dz_files
+     WHERE zone = ANY($1::text[])
+       AND (stage <> 'done' OR updated_at > now() - interval '1 hour')
+), waiting AS (
+    SELECT DISTINCT ON (zone) zone, rel_path, discovered_at FROM seen
+     WHERE stage IN ('hash', 'upload', 'store', 'track', 'finish')
+     ORDER BY zone, discovered_at, id
+), failing AS (
+    SELECT DISTINCT ON (zone) zone, rel_path, last_error, updated_at, stage FROM seen
+     WHERE stage <> 'done' AND last_error IS NOT NULL
+     ORDER BY zone, updated_at DESC, id DESC
+), finished AS (
+    SELECT zone, count(*) FILTER (WHERE updated_at > now() - interval '5 minutes') AS last_5m,
+           count(*) AS last_1h
+      FROM seen
+     WHERE stage = 'done' AND outcome IN ('stored', 'duplicate')
+     GROUP BY zone
+)
+SELECT z.zone,
+       w.rel_path AS waiting_path, w.discovered_at AS waiting_since,
+       EXTRACT(EPOCH FROM now() - w.discovered_at)::float8 AS waiting_s,
+       e.rel_path AS error_path, e.last_error AS error, e.updated_at AS error_at,
+       e.stage AS error_stage,
+       COALESCE(f.last_5m, 0) AS finished_5m, COALESCE(f.last_1h, 0) AS finished_1h
+  FROM unnest($1::text[]) AS z (zone)
+  LEFT JOIN waiting AS w ON w.zone = z.zone
+  LEFT JOIN failing AS e ON e.zone = z.zone
+  LEFT JOIN finished AS f ON f.zone = z.zone
+ ORDER BY z.zone;
+
+-- name: pgvector_facts
+-- `check`: is pgvector in this database, could the server install it, and what type the stored
+-- embeddings have (`vector(n)`, `real[]`, or NULL before the schema exists).
+SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS installed,
+       (SELECT default_version FROM pg_available_extensions WHERE name = 'vector') AS available,
+       (SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+         WHERE attrelid = to_regclass('document_embeddings') AND attname = 'embedding')
+           AS column_type,
+       to_regclass('document_embeddings_hnsw') IS NOT NULL AS hnsw_index,
+       current_setting('server_version_num')::int / 10000 AS major;
+
+-- name: quarantined_files
+-- Quarantined files, oldest first; zone $1 when given.
+SELECT * FROM dz_files
+ WHERE stage = 'quarantined' AND ($1::text IS NULL OR zone = $1)
+ ORDER BY updated_at, id;
+
+-- name: files_by_id
+SELECT * FROM dz_files WHERE id = ANY($1::bigint[]) ORDER BY id;
+
+-- name: requeue_quarantined
+-- `quarantine retry`, the file back in its zone as the same version: the row starts over at
+-- hash with a fresh attempt budget and no outputs, unreported, so it is claimed, stored and
+-- recorded in MLflow again like a new file (the discover of its version does nothing: the row
+-- exists). Only a row still quarantined.
+UPDATE dz_files
+   SET stage = 'hash', outcome = NULL, sha256 = NULL, object_key = NULL, etag = NULL,
+       document_id = NULL, chunks = NULL, batch_id = NULL, mlflow_run_id = NULL,
+       reported = false, stage_ms = '{}', attempts = 0, next_attempt_at = now(),
+       last_error = NULL, claimed_by = NULL, lease_until = NULL, updated_at = now()
+ WHERE id = $1 AND stage = 'quarantined'
+RETURNING id;
+
+-- name: supersede_quarantined
+-- `quarantine retry`, the file back in its zone but changed while in quarantine: a new version,
+-- which the watcher discovers as such; this one is over.
+UPDATE dz_files
+   SET stage = 'done', outcome = 'superseded', claimed_by = NULL, lease_until = NULL,
+       updated_at = now()
+ WHERE id = $1 AND stage = 'quarantined'
+RETURNING id;

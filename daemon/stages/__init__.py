@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.chunking import Chunk
 from daemon.config import Settings, ZoneSettings
@@ -22,6 +22,9 @@ from daemon.embedders.pool import EmbedPool
 from daemon.errors import LeaseLost
 from daemon.ledger import FileRow, Ledger
 from daemon.sessions import Sessions
+
+if TYPE_CHECKING:  # for the type only: commands that serve no metrics never import them
+    from daemon.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,16 @@ class Env:
     mode: str = "daemon"
     counts: Counter[str] = field(default_factory=Counter)
     stored: asyncio.Event = field(default_factory=asyncio.Event)  # set once a batch is stored
+    metrics: Metrics | None = None  # the Prometheus counters, when metrics.listen is set
+    retired: dict[str, ZoneSettings] = field(default_factory=dict)  # zones a reload removed
+
+    def zone(self, name: str) -> ZoneSettings:
+        """A zone's settings: its current ones, or, for the files still on their way from a
+        zone a reload removed, the ones they started with."""
+        for zone in self.settings.zones:
+            if zone.name == name:
+                return zone
+        return self.retired[name]
 
 
 @dataclass

@@ -31,7 +31,7 @@ def record(row: FileRow, env: Env) -> dict[str, Any]:
     key = row.object_key or ""
     return {
         "ledger_id": row.id, "zone": row.zone, "source_path": row.rel_path,
-        "sha256": row.sha256, "doc_type": env.settings.zone(row.zone).doc_type,
+        "sha256": row.sha256, "doc_type": env.zone(row.zone).doc_type,
         "object_key": key, "object_url": env.sessions.object_url(key) if key else None,
         "bytes": row.size_bytes, "chunks": row.chunks, "dims": env.embedder.dim,
         "status": "stored" if row.stage == "track" else "quarantined",

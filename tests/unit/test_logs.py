@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+from pathlib import Path
+
+import pytest
 
 from daemon import logs
 
@@ -38,3 +42,20 @@ def test_standard_library_records_become_json_and_are_redacted() -> None:
     assert line["level"] == "warning"
     assert "topsecret" not in line["event"]
     assert line["logger"] == "somelib"
+
+
+def test_an_mlflow_token_from_systemd_credentials_is_used_and_redacted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LoadCredential=mlflow_token` becomes $MLFLOW_TRACKING_TOKEN (where MLflow looks) and is
+    redacted from logs; a token already in the environment wins."""
+    from daemon.tracking import token_from_credentials
+
+    (tmp_path / "mlflow_token").write_text("cred-token-from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    token_from_credentials()
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "cred-token-from-systemd"
+    assert "cred-token-from-systemd" not in logs.redact_text("auth cred-token-from-systemd")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "from-env")
+    token_from_credentials()
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "from-env"
