@@ -25,11 +25,13 @@ from daemon import pgcopy
 from daemon.config import Settings
 from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
+from daemon.logs import get_logger
 from daemon.objectstore import ObjectStore, PutResult, open_store, preload_sdk
 from daemon.retry import Breaker, RetryPolicy, describe
 from daemon.tracking import Tracking
 
 T = TypeVar("T")
+log = get_logger("dropzone.sessions")
 EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
                      "embedding", "model")
 Connection: TypeAlias = asyncpg.Connection
@@ -170,7 +172,9 @@ class Sessions:
     # -- health -------------------------------------------------------------------------------
 
     async def probe_store(self) -> PutResult:
-        return await probe_store(self.store, self.policy)
+        """Put and read back a probe object; a delete refused (no s3:DeleteObject, which
+        processing files does not need) leaves it behind, said once, rather than failing."""
+        return await probe_store(self.store, self.policy, must_delete=False)
 
     async def probe_database(self) -> dict[str, Any]:
         return await self._call("postgres", "query", server_facts, self.db.pool)
@@ -179,7 +183,8 @@ class Sessions:
         return await probe_mlflow(self.tracking, self.mlflow_policy)
 
 
-async def probe_store(store: ObjectStore, policy: RetryPolicy) -> PutResult:
+async def probe_store(store: ObjectStore, policy: RetryPolicy,
+                      must_delete: bool = True) -> PutResult:
     """Write, read back and delete a probe object, with the configured encryption."""
     key = f".dropzone-check/{uuid.uuid4().hex}"
     payload = uuid.uuid4().bytes
@@ -188,7 +193,12 @@ async def probe_store(store: ObjectStore, policy: RetryPolicy) -> PutResult:
         if await policy.call("probe get", store.get, key) != payload:
             raise RuntimeError("the probe object read back differently")
     finally:
-        await policy.call("probe delete", store.delete, key)
+        try:
+            await policy.call("probe delete", store.delete, key)
+        except Misconfigured as exc:
+            if must_delete:
+                raise
+            log.warning("probe_object_left", key=key, error=str(exc))
     return put
 
 
