@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import __version__, config
@@ -18,6 +18,7 @@ from daemon.metrics import Metrics
 from daemon.pipeline import report
 from daemon.retry import RetryPolicy, error_kind, retries_counted, retry_cause
 from daemon.stages import Env, Job
+from tests.unit.test_retry import FakeMlflowError, client_error
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -29,19 +30,6 @@ def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return samples(metrics).get((name, frozenset(labels.items())))
-
-
-def client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code.lower()},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
-
-
-class FakeMlflowError(Exception):
-    __module__ = "mlflow.exceptions"
-
-    def __init__(self, message: str, error_code: str) -> None:
-        super().__init__(message)
-        self.error_code = error_code
 
 
 def test_files_and_bytes_are_counted_by_zone_and_outcome() -> None:
