@@ -1,5 +1,9 @@
 """Supervisor: startup -> run -> drain -> shutdown, for the daemon and for `--once`.
 
+In daemon mode it also speaks to systemd (READY=1 once the zones are watched and the object
+store and MLflow answered, STATUS=, WATCHDOG=1 from the loop, STOPPING=1, RELOADING=1 on
+SIGHUP, which reloads the zones: daemon/reload.py) and serves metrics when asked to.
+
 Both modes run the same parts (watcher, workers fed from the ledger, tracker, lease heartbeat);
 `--once` switches watching off, waits until everything it found is stored, records the whole
 invocation as one MLflow batch, finishes the files and exits. Signal handlers only set a flag; a
@@ -34,7 +38,7 @@ from daemon.ledger import FileRow, Ledger
 from daemon.logs import get_logger, redact_text
 from daemon.pipeline import process, track_pending
 from daemon.reload import Watching
-from daemon.retry import retries_counted
+from daemon.retry import describe, retries_counted
 from daemon.sessions import Sessions
 from daemon.stages import Env
 from daemon.watcher import Watcher
@@ -384,9 +388,10 @@ class Supervisor:
             try:
                 await probe()
                 return
-            except DaemonError as exc:
-                self.notifier.status(f"waiting for {name}: {redact_text(str(exc))}")
-                log.warning("not_ready", dependency=name, error=str(exc), retry_in_s=READY_RETRY_S)
+            except Exception as exc:  # a DaemonError, or a probe object that read back wrong
+                error = describe(exc)
+                self.notifier.status(f"waiting for {name}: {redact_text(error)}")
+                log.warning("not_ready", dependency=name, error=error, retry_in_s=READY_RETRY_S)
             await asyncio.sleep(READY_RETRY_S)
 
     async def _pulse(self, env: Env) -> None:
