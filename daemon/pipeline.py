@@ -86,11 +86,13 @@ async def _settle(job: Job, env: Env) -> None:
 def _vanished(exc: BaseException) -> FileVanished | None:
     """The FileVanished (or a FileNotFoundError reading the source) behind an error, if any."""
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()  # a cause chain can loop back on itself
+    while seen is not None and id(seen) not in visited:
         if isinstance(seen, FileVanished):
             return seen
         if isinstance(seen, FileNotFoundError):
             return FileVanished("deleted while being processed")
+        visited.add(id(seen))
         seen = seen.__cause__
     return None
 

@@ -181,7 +181,10 @@ class RetryPolicy:
                 with attempt:
                     return await fn(*args, **kwargs)
         except Exception as exc:
-            raise translate(exc, what) from exc
+            error = translate(exc, what)
+            if error is exc:  # ours already: `raise exc from exc` would make it its own cause
+                raise
+            raise error from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 

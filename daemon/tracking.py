@@ -64,6 +64,8 @@ def token_from_credentials() -> None:
 def _init_worker(tracking: Tracking, daemon_pid: int, log_state: Any) -> None:
     global _worker
     workers.setup(daemon_pid, log_state)
+    # MLflow prints "View run ... at: URL" to stdout for HTTP stores: not a JSON line
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     token_from_credentials()  # the fork server's environment may predate the daemon's reading
     _worker = tracking
 

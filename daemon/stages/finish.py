@@ -8,6 +8,9 @@ will bring it back. Moves never overwrite: a taken name gets `.1`, `.2`, ... bef
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import daemon
@@ -15,19 +18,44 @@ from daemon import failpoints
 from daemon.errors import DaemonError
 from daemon.files import free_path, is_version, move, write_json
 from daemon.logs import get_logger
+from daemon.retry import describe
 from daemon.stages import Env, Job, advance, timed
 
 log = get_logger("dropzone.finish")
+LEFT_FIX = ("let the daemon's user write the file's folder and read the file; it is not taken "
+            "again unless it changes")
 
 
 def release_source(job: Job) -> str | None:
     """Apply the zone's `after` rule; returns where the file went, if it moved."""
     if not is_version(job.source, job.version) or job.zone.after == "keep":
         return None
-    if job.zone.after == "delete":
-        job.source.unlink(missing_ok=True)
-        return None
-    return str(move(job.source, job.zone.done_dir / job.row.fs_path))
+    with left_in_place(job, "done"):
+        if job.zone.after == "delete":
+            job.source.unlink(missing_ok=True)
+            return None
+        return str(move(job.source, job.zone.done_dir / job.row.fs_path))
+    return None
+
+
+def stuck_in_zone(source: Path) -> bool:
+    """True if the zone's side refuses: its folder may not be written (the file cannot leave
+    it) or the file may not be read (it cannot be copied to another filesystem)."""
+    return not (os.access(source.parent, os.W_OK | os.X_OK) and os.access(source, os.R_OK))
+
+
+@contextmanager
+def left_in_place(job: Job, where: str) -> Iterator[None]:
+    """A file the zone will not let go of stays where it is, said once; the done or
+    quarantine folder refusing is a configuration error, raised for the breaker to hold."""
+    try:
+        yield
+    except PermissionError as exc:
+        if not stuck_in_zone(job.source):
+            raise
+        job.metadata["left_in_place"] = True
+        log.warning("source_left_in_place", zone=job.zone.name, path=job.row.rel_path,
+                    wanted=where, error=describe(exc), fix=LEFT_FIX)
 
 
 def release_sources(jobs: list[Job]) -> None:
@@ -55,12 +83,17 @@ def error_report(job: Job, reason: str) -> dict[str, object]:
 
 
 def quarantine_source(job: Job, reason: str) -> str | None:
-    """Move the file to the zone's quarantine folder with `<name>.error.json` beside it."""
+    """Move the file to the zone's quarantine folder with `<name>.error.json` beside it; a
+    file that cannot leave its zone stays, and its report says where it is."""
     if not is_version(job.source, job.version):
         return None
     final = free_path(job.zone.quarantine_dir / job.row.fs_path)
-    write_json(Path(f"{final}.error.json"), error_report(job, reason))  # the reason first
-    return str(move(job.source, final))
+    report = error_report(job, reason)
+    write_json(Path(f"{final}.error.json"), report)  # the reason first
+    with left_in_place(job, "quarantine"):
+        return str(move(job.source, final))
+    write_json(Path(f"{final}.error.json"), {**report, "left_in_place": str(job.source)})
+    return None
 
 
 async def quarantine(job: Job, env: Env, reason: str) -> None:

@@ -17,6 +17,8 @@ from daemon.stages import Env, Job, advance, pending, timed
 
 BLOCK_BYTES = 1 << 20
 KEEP_BYTES = 256 * 1024  # files up to this size are held in memory between stages
+UNREADABLE = ("cannot read the file ({error}): give the daemon's user read access, then "
+              "`python -m daemon quarantine retry`")
 
 
 def digest(job: Job, max_bytes: int) -> None:
@@ -26,11 +28,14 @@ def digest(job: Job, max_bytes: int) -> None:
                              f"({max_bytes})")
     sha = hashlib.sha256()
     kept: list[bytes] | None = [] if job.row.size_bytes <= KEEP_BYTES else None
-    with open_version(job.source, job.version) as handle:
-        while block := handle.read(BLOCK_BYTES):
-            sha.update(block)
-            if kept is not None:
-                kept.append(block)
+    try:
+        with open_version(job.source, job.version) as handle:
+            while block := handle.read(BLOCK_BYTES):
+                sha.update(block)
+                if kept is not None:
+                    kept.append(block)
+    except PermissionError as exc:
+        raise PermanentError(UNREADABLE.format(error=exc.strerror or exc)) from exc
     job.row.sha256 = sha.hexdigest()
     job.body = b"".join(kept) if kept is not None else None
 

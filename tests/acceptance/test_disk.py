@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, Sinks, assert_exactly_once, wait_until, write_config
+from tests.helpers import (
+    Daemon,
+    Sinks,
+    assert_exactly_once,
+    proxy_for,
+    via_proxy,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root")
 
@@ -102,3 +110,47 @@ def _ro_bind(target: Path) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+
+
+def test_files_the_zone_will_not_let_go_stay_and_the_daemon_goes_on(
+        tmp_path: Path, database_url: str) -> None:
+    """With done and quarantine on other filesystems (as under the unit's bind mounts, where
+    every move is a copy), a file the daemon may not read is quarantined with a one-line
+    reason and left in place, and a file in a folder it may not write is stored and left in
+    place: each said once, no traceback, and the daemon goes on and stops on SIGTERM. (As
+    root, the daemon runs without CAP_DAC_OVERRIDE so permissions bind it too.)"""
+    proxy = proxy_for(database_url)  # pgserver's socket folder is closed to it, TCP is not
+    zone = tmp_path / "zones" / "docs"
+    with mounted(tmp_path / "done", "-t", "tmpfs", "tmpfs"), \
+            mounted(tmp_path / "quarantine", "-t", "tmpfs", "tmpfs"):
+        path = write_config(tmp_path, database=via_proxy(database_url, proxy),
+                            zones=[{"name": "docs", "path": "zones/docs", "settle_ms": 200,
+                                    "done_dir": "done", "quarantine_dir": "quarantine"}])
+        locked, kept = foreign(zone / "locked.txt", 0o600), foreign(zone / "theirs" / "kept.txt")
+        (zone / "fine.txt").write_text("a file that leaves")
+        daemon = Daemon(path)
+        daemon.command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                          *daemon.command]
+        with daemon:
+            wait_until(lambda: len(daemon.named("file_processed")) == 3, 120, "three files")
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0
+    proxy.stop()
+    outcomes = {e["path"]: e for e in daemon.named("file_processed")}
+    assert outcomes["theirs/kept.txt"]["outcome"] == "stored"
+    assert "cannot read the file (Permission denied)" in outcomes["locked.txt"]["error"]
+    assert {e["path"] for e in daemon.named("source_left_in_place")} == {
+        "locked.txt", "theirs/kept.txt"}
+    assert not daemon.named("stage_crashed") and locked.exists() and kept.exists()
+    assert not (zone / "fine.txt").exists()
+
+
+def foreign(path: Path, mode: int = 0o644) -> Path:
+    """A file owned by nobody, in a folder owned by nobody that only its owner may write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"a file of someone else's: {path.name}")
+    path.chmod(mode)
+    os.chown(path, 65534, 65534)
+    if path.parent.name != "docs":
+        os.chown(path.parent, 65534, 65534)
+    return path

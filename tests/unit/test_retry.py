@@ -122,3 +122,20 @@ async def test_retries_are_bounded() -> None:
     with pytest.raises(TransientError, match="refused"):
         await RetryPolicy(attempts=4, base_s=0.001, max_s=0.01).call("get", down)
     assert len(calls) == 4
+
+
+async def test_our_own_error_is_not_made_its_own_cause() -> None:
+    """A DaemonError raised inside a policy comes out as itself, not as its own __cause__
+    (a cause chain that loops hung the pipeline's walk over it)."""
+    from daemon.errors import Misconfigured
+    from daemon.pipeline import _vanished
+
+    async def refused() -> None:
+        raise Misconfigured("finish: Permission denied")
+
+    with pytest.raises(Misconfigured) as caught:
+        await RetryPolicy(attempts=1).call("finish", refused)
+    assert caught.value.__cause__ is not caught.value
+    looped = Misconfigured("x")
+    looped.__cause__ = looped
+    assert _vanished(looped) is None
