@@ -210,6 +210,8 @@ def move_no_replace(source: Path, target: Path) -> None:
 def put_back(zone: ZoneSettings, row: FileRow) -> tuple[Copy, Path]:
     """Move the quarantined copy to its place in the zone; returns (copy, place)."""
     copy, target = find_copy(zone, row), zone.path / row.fs_path
+    if copy.file is None and left_in_place(copy) and target.is_file():
+        return copy, target  # it could not leave the zone: nothing to move
     if copy.file is None:
         raise NotBack(f"the quarantined copy is gone (looked for {copy.expected}); nothing to "
                       "put back: if you still have the file, drop it into the zone again")
@@ -221,6 +223,12 @@ def put_back(zone: ZoneSettings, row: FileRow) -> tuple[Copy, Path]:
     except OSError as exc:
         raise NotBack(f"cannot move {copy.file} to {target}: {exc.strerror or exc}") from None
     return copy, target
+
+
+def left_in_place(copy: Copy) -> bool:
+    """The report says the file stayed in its zone (it could not be moved out)."""
+    report = read_report(copy.report) if copy.report is not None else None
+    return bool(report and report.get("left_in_place"))
 
 
 def undo(copy: Copy, target: Path) -> None:

@@ -11,13 +11,16 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.faultproxy import FaultProxy
 from tests.helpers import (
+    REPO,
     Daemon,
     Sinks,
     assert_exactly_once,
@@ -27,6 +30,7 @@ from tests.helpers import (
     write_config,
 )
 
+UNPRIVILEGED = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root")
 
 
@@ -121,6 +125,14 @@ def test_files_the_zone_will_not_let_go_stay_and_the_daemon_goes_on(
     root, the daemon runs without CAP_DAC_OVERRIDE so permissions bind it too.)"""
     proxy = proxy_for(database_url)  # pgserver's socket folder is closed to it, TCP is not
     zone = tmp_path / "zones" / "docs"
+    try:
+        files_left_in_place(tmp_path, zone, database_url, proxy)
+    finally:
+        proxy.stop()
+
+
+def files_left_in_place(tmp_path: Path, zone: Path, database_url: str,
+                        proxy: FaultProxy) -> None:
     with mounted(tmp_path / "done", "-t", "tmpfs", "tmpfs"), \
             mounted(tmp_path / "quarantine", "-t", "tmpfs", "tmpfs"):
         path = write_config(tmp_path, database=via_proxy(database_url, proxy),
@@ -128,21 +140,30 @@ def test_files_the_zone_will_not_let_go_stay_and_the_daemon_goes_on(
                                     "done_dir": "done", "quarantine_dir": "quarantine"}])
         locked, kept = foreign(zone / "locked.txt", 0o600), foreign(zone / "theirs" / "kept.txt")
         (zone / "fine.txt").write_text("a file that leaves")
-        daemon = Daemon(path)
-        daemon.command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-                          *daemon.command]
-        with daemon:
+        with unprivileged(Daemon(path)) as daemon:
             wait_until(lambda: len(daemon.named("file_processed")) == 3, 120, "three files")
             daemon.signal(signal.SIGTERM)
             assert daemon.wait(60) == 0
-    proxy.stop()
-    outcomes = {e["path"]: e for e in daemon.named("file_processed")}
-    assert outcomes["theirs/kept.txt"]["outcome"] == "stored"
-    assert "cannot read the file (Permission denied)" in outcomes["locked.txt"]["error"]
-    assert {e["path"] for e in daemon.named("source_left_in_place")} == {
-        "locked.txt", "theirs/kept.txt"}
-    assert not daemon.named("stage_crashed") and locked.exists() and kept.exists()
-    assert not (zone / "fine.txt").exists()
+        outcomes = {e["path"]: e for e in daemon.named("file_processed")}
+        assert outcomes["theirs/kept.txt"]["outcome"] == "stored"
+        assert "cannot read the file (Permission denied)" in outcomes["locked.txt"]["error"]
+        assert {e["path"] for e in daemon.named("source_left_in_place")} == {
+            "locked.txt", "theirs/kept.txt"}
+        assert not daemon.named("stage_crashed") and locked.exists() and kept.exists()
+        assert not (zone / "fine.txt").exists()
+        locked.chmod(0o644)  # the producer fixes it; retry finds it where it stayed
+        retry = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "daemon", "quarantine",
+                                "retry", "--all", "--config", str(path)], capture_output=True,
+                               text=True, cwd=REPO, timeout=120)
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        once = unprivileged(Daemon(path, "--once"))
+        assert once.run() == 0, once.problems()
+        assert [e["path"] for e in once.named("file_processed")] == ["locked.txt"]
+
+
+def unprivileged(daemon: Daemon) -> Daemon:
+    daemon.command = [*UNPRIVILEGED, *daemon.command]
+    return daemon
 
 
 def foreign(path: Path, mode: int = 0o644) -> Path:
