@@ -248,9 +248,19 @@ def _status(exc: BaseException) -> int:
 
 def error_kind(exc: BaseException | None) -> str:
     """timeout, throttled, connection, conflict, server_error or other: few enough to be a
-    metric label, telling "the network" from "the service is struggling" from "contention"."""
-    if exc is None:
-        return "other"
+    metric label, telling "the network" from "the service is struggling" from "contention".
+    Ours wrap the driver's error: the first cause with a kind names it."""
+    seen: set[int] = set()  # a cause chain can loop back on itself
+    while exc is not None and id(exc) not in seen:
+        kind = _kind_of(exc)
+        if kind != "other":
+            return kind
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return "other"
+
+
+def _kind_of(exc: BaseException) -> str:
     code, status, name = _code(exc), _status(exc), type(exc).__name__
     if isinstance(exc, TimeoutError) or "Timeout" in name or code in TIMEOUT_CODES:
         return "timeout"
@@ -263,7 +273,7 @@ def error_kind(exc: BaseException | None) -> str:
     if status >= 500 or code in TRANSIENT_S3_CODES | TRANSIENT_MLFLOW_CODES or code[:2] in (
             "57", "58"):
         return "server_error"
-    return "other" if exc.__cause__ is None else error_kind(exc.__cause__)
+    return "other"
 
 
 NO_RETRY = RetryPolicy(attempts=1, deadline_s=0.0)

@@ -225,3 +225,10 @@ def test_unknown_metrics_keys_are_refused(tmp_path: Path) -> None:
     """A misspelt key is an error, not silence."""
     with pytest.raises(ConfigError, match=r"metrics\.port: unknown key"):
         config.parse(minimal(tmp_path, metrics={"port": 9464}), tmp_path, {})
+
+
+def test_error_kind_stops_at_a_cause_chain_that_loops() -> None:
+    """An error that is its own cause has kind `other`, rather than no answer at all."""
+    looped = TransientError("x")
+    looped.__cause__ = looped
+    assert error_kind(looped) == "other"
