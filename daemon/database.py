@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import warnings
@@ -28,7 +27,7 @@ from daemon.config import DatabaseSettings, Settings
 from daemon.errors import ConfigError, DependencyError
 from daemon.files import exclusive
 from daemon.identity import alive
-from daemon.logs import add_secret, get_logger
+from daemon.logs import credential, get_logger, read_secret
 from daemon.retry import describe, is_transient
 
 log = get_logger("dropzone.database")
@@ -120,15 +119,8 @@ def with_database(uri: str, name: str) -> str:
 
 def read_password(settings: DatabaseSettings) -> str | None:
     """The database password from a file, if one is configured or handed over by systemd."""
-    path = settings.password_file
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if path is None and creds and (Path(creds) / "db_password").is_file():
-        path = Path(creds) / "db_password"
-    if path is None:
-        return None
-    password = path.read_text(encoding="utf-8").strip()
-    add_secret(password)
-    return password
+    path = settings.password_file or credential("db_password")
+    return read_secret(path) if path is not None else None
 
 
 class Database(AbstractAsyncContextManager["Database"]):

@@ -13,6 +13,7 @@ import re
 import sys
 import warnings
 from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -33,6 +34,20 @@ def add_secret(value: str | None) -> None:
     """Never print this value again (passwords read from files, tokens from the environment)."""
     if value and len(value) >= 4:
         _secrets.add(value)
+
+
+def credential(name: str) -> Path | None:
+    """The file systemd's `LoadCredential=` handed over as `name`, if there is one."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(folder) / name if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def read_secret(path: Path) -> str:
+    """A secret kept in a file, stripped, and never printed from now on."""
+    secret = path.read_text(encoding="utf-8").strip()
+    add_secret(secret)
+    return secret
 
 
 def redact_text(text: str) -> str:

@@ -22,7 +22,7 @@ from daemon import failpoints, workers
 from daemon.config import MlflowSettings
 from daemon.errors import PermanentError, TransientError
 from daemon.files import exclusive
-from daemon.logs import add_secret, adopt, get_logger
+from daemon.logs import adopt, credential, get_logger, read_secret
 from daemon.retry import translate
 
 T = TypeVar("T")
@@ -52,13 +52,9 @@ def replaced() -> bool:
 def token_from_credentials() -> None:
     """MLflow's bearer token handed over by systemd (`LoadCredential=mlflow_token`), put where
     MLflow looks for it ($MLFLOW_TRACKING_TOKEN, unless that is set) and never logged."""
-    folder = os.environ.get("CREDENTIALS_DIRECTORY")
-    path = Path(folder) / "mlflow_token" if folder else None
-    if path is None or "MLFLOW_TRACKING_TOKEN" in os.environ or not path.is_file():
-        return
-    token = path.read_text(encoding="utf-8").strip()
-    add_secret(token)
-    os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    path = credential("mlflow_token")
+    if path is not None and "MLFLOW_TRACKING_TOKEN" not in os.environ:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = read_secret(path)
 
 
 def _init_worker(tracking: Tracking, daemon_pid: int, log_state: Any) -> None:
