@@ -17,7 +17,6 @@ from pathlib import Path
 from daemon import config
 from daemon.config import Settings, ZoneSettings
 from daemon.errors import ConfigError
-from daemon.ledger import Ledger
 from daemon.logs import get_logger
 from daemon.stages import Env
 from daemon.watcher import Watcher
@@ -88,10 +87,6 @@ class Watching:
         self._started = asyncio.Event()  # a generation began (with a new `up`)
         self._generations = 0
 
-    @property
-    def ledger(self) -> Ledger:
-        return self.env.ledger
-
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._restart.clear()
@@ -100,7 +95,7 @@ class Watching:
             self._generations += 1
             self._started.set()
             until = asyncio.Event()
-            watcher = Watcher(self.env.settings.zones, self.ledger, self.rescan_s)
+            watcher = Watcher(self.env.settings.zones, self.env.ledger, self.rescan_s)
             async with asyncio.TaskGroup() as group:
                 group.create_task(watcher.run(until, self.up))
                 await first_of(stop, self._restart)

@@ -400,9 +400,9 @@ class Supervisor:
             await asyncio.sleep(PULSE_S)
             with suppress(DaemonError):  # an outage is logged where it is met; old counts stand
                 self.waiting = await env.ledger.waiting()
+            if self.metrics is not None and self.waiting is not None:
                 for zone, files in self.waiting.items():
-                    if self.metrics is not None:
-                        self.metrics.queue_depth(zone, files)
+                    self.metrics.queue_depth(zone, files)
             self.notifier.status(self._status_text(env))
 
     def _status_text(self, env: Env) -> str:
