@@ -14,7 +14,9 @@ point, the rest are cancelled (and said so), and every claim is handed back.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing, suppress
@@ -53,6 +55,8 @@ LARGE_BYTES = 4 * 1024**2  # a file this large travels in a batch of its own
 TRACKING_START_S = 5.0  # start MLflow this long after start-up if no file was stored before
 READY_RETRY_S = 5.0  # a dependency that did not answer at start-up is asked again this often
 PULSE_S = 5.0  # how often systemd's STATUS line is brought up to date
+INTERRUPTED_GRACE_S = 1.0  # an interrupted --once waits this long for in-flight files
+FORCED_EXIT_S = 3.0  # after a second signal, the process ends within this, closed or not
 EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -91,13 +95,14 @@ class Workers:
         self.idle = asyncio.Event()
         self.idle.set()
         self.stop = asyncio.Event()
+        self._feeder: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
-            feeder = group.create_task(self._feed())
+            self._feeder = group.create_task(self._feed())
             workers = [group.create_task(self._work()) for _ in range(self.count)]
             await self.stop.wait()
-            feeder.cancel()
+            self._feeder.cancel()
             for worker in workers:
                 worker.cancel()
 
@@ -136,9 +141,17 @@ class Workers:
                     self.idle.set()
                 self.queue.task_done()
 
+    async def stop_claiming(self) -> None:
+        """Take no more files: the feeder is cancelled before anything else waits, so a drain
+        never hands out what it is giving back (as uvicorn stops accepting before it waits)."""
+        if self._feeder is not None:
+            self._feeder.cancel()
+            await asyncio.wait([self._feeder])
+
     async def drain(self, grace_s: float) -> int:
         """Stop claiming, give queued files back, wait for in-flight ones; returns how many
         had to be cancelled."""
+        await self.stop_claiming()
         queued: list[int] = []
         while not self.queue.empty():
             queued.extend(row.id for row in self.queue.get_nowait())
@@ -186,6 +199,18 @@ class Tracker:
         except TransientError as exc:
             report_loop_error("tracking_failed", exc)
         return await self.env.ledger.untracked(horizon)
+
+
+def _exit_if_still_closing(after_s: float) -> None:
+    """After a second signal the clients close on a timer: closing waits for the MLflow and
+    embedding processes to end their current call, which may never come (a hung server). A
+    thread, since a blocked close would also block the event loop."""
+    def hard_exit() -> None:
+        log.error("close_abandoned", note=f"still closing after {after_s:.0f} s: exiting now")
+        os._exit(EXIT_INTERRUPTED)
+    timer = threading.Timer(after_s, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 def first_daemon_error(exc: BaseException) -> DaemonError | None:
@@ -309,6 +334,7 @@ class Supervisor:
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set() and self._main is not None:
             self._main.cancel()  # a second signal: stop waiting for anything
+            _exit_if_still_closing(FORCED_EXIT_S)
             return
         log.info("shutdown_requested", signal=sig.name)
         self.should_exit.set()
@@ -333,8 +359,8 @@ class Supervisor:
                 report_loop_error("lease_upkeep_failed", exc)
             await asyncio.sleep(min(5.0, renew_every))
 
-    async def _shutdown(self, env: Env, workers: Workers) -> None:
-        cancelled = await workers.drain(self.settings.pipeline.drain_grace_s)
+    async def _shutdown(self, env: Env, workers: Workers, grace_s: float) -> None:
+        cancelled = await workers.drain(grace_s)
         if cancelled:
             log.warning("drain_timeout", cancelled=cancelled,
                         note="their claims are given back; another run resumes them")
@@ -356,7 +382,7 @@ class Supervisor:
             await self.should_exit.wait()
             self.notifier.stopping(f"draining: {self._counts_text(env)}")
             stop_intake.set()
-            await self._shutdown(env, workers)
+            await self._shutdown(env, workers, self.settings.pipeline.drain_grace_s)
             for task in upkeep:
                 task.cancel()
         log.info("daemon_stopped", **env.counts)
@@ -468,7 +494,8 @@ class Supervisor:
     async def _drain_once(self, env: Env) -> bool:
         """Scan, store everything found, record it in MLflow, finish the files. False if the
         files could not be recorded (MLflow stayed away): they stay for the next run."""
-        await Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s).run_once()
+        watcher = Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s)
+        await watcher.run_once(self.should_exit)
         horizon = await env.ledger.horizon()
         stored = partial(env.ledger.unfinished, horizon, STORING)
         recorded = partial(Tracker(env).record_all, horizon)
@@ -491,9 +518,11 @@ class Supervisor:
             upkeep = [group.create_task(self._start_tracking(env)),
                       group.create_task(self._leases(env.ledger))]
             tracked = await self._drain_once(env)
-            await self._shutdown(env, workers)
+            await self._shutdown(env, workers, self._once_grace_s())
             for task in upkeep:
                 task.cancel()
+        if self.should_exit.is_set():
+            await self._say_what_resumes(env)
         elapsed = time.monotonic() - started
         done = sum(env.counts.values())
         log.info("once_finished", elapsed_s=round(elapsed, 3),
@@ -501,6 +530,21 @@ class Supervisor:
         if self.progress is not None:
             self.progress.finish(env.counts, elapsed)
         return self._exit_code(env, tracked)
+
+    def _once_grace_s(self) -> float:
+        """A finished `--once` waits for every batch; an interrupted one gives in-flight files
+        a moment to reach their next checkpoint, then cancels them: the ledger resumes them."""
+        grace_s = self.settings.pipeline.drain_grace_s
+        return min(grace_s, INTERRUPTED_GRACE_S) if self.should_exit.is_set() else grace_s
+
+    async def _say_what_resumes(self, env: Env) -> None:
+        """One line for an interrupted `--once`: how many files the next run takes up."""
+        try:
+            left: int | str = sum((await env.ledger.waiting()).values())
+        except DaemonError:  # Postgres is away: the files are safe, their number unknown
+            left = "unknown"
+        log.warning("once_interrupted", files_left=left,
+                    note="interrupted: these files stay in their zones and resume on the next run")
 
     def _exit_code(self, env: Env, tracked: bool) -> int:
         if self.should_exit.is_set():

@@ -228,12 +228,13 @@ class Watcher:
     async def settle_all(self) -> int:
         return sum([await zone.settle() for zone in self.zones])
 
-    async def run_once(self) -> None:
-        """Scan, then settle until every file found is recorded (or gone)."""
+    async def run_once(self, stop: asyncio.Event | None = None) -> None:
+        """Scan, then settle until every file found is recorded (or gone), or `stop` is set."""
+        stop = stop or asyncio.Event()
         await self.scan_all()
         # settling is polling by nature: stat until unchanged
-        while await self.settle_all():  # noqa: ASYNC110
-            await asyncio.sleep(min(z.tick_s for z in self.zones))
+        while not stop.is_set() and await self.settle_all():
+            await _sleep_unless(stop, min(z.tick_s for z in self.zones))
 
     async def run(self, stop: asyncio.Event, watching: asyncio.Event | None = None) -> None:
         """Daemon mode: watch every zone until `stop` is set; `watching` is set once every
