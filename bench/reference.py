@@ -1,7 +1,7 @@
 """The original guide's "Drop Zone File Processing" recipe, faithfully, as the baseline.
 
-One file at a time, synchronously, exactly the guide's four steps (see
-/work/shared/reference, `process_dropzone_file`):
+One file at a time, synchronously, exactly the guide's four steps (its
+`process_dropzone_file`):
 
 1. upload: boto3 `put_object` of the whole file with `ServerSideEncryption='AES256'` to
    `dropzones/{%Y%m%d_%H%M%S}/{doc_type}/{basename}`;

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -152,13 +154,18 @@ def test_a_real_postgres_restart_mid_run(tmp_path: Path, s3_endpoint: str, bucke
     """The embedded server is restarted (pg_ctl restart) while files are being stored."""
     from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
-    admin = start_embedded(tmp_path / "pg-state")
-    url = with_database(admin, "postgres")
-    path = s3_config(tmp_path, url, s3_endpoint, bucket)
-    texts = make_corpus(tmp_path / "zones" / "docs", 150)
-    once_through(path, texts, 20, lambda: pg_ctl(
-        ["-w", "-m", "fast", "restart"], pgdata=tmp_path / "pg-state" / "pg",
-        user="pgserver" if os.geteuid() == 0 else None))
+    # not under tmp_path: another pytest run on the machine makes pytest-of-<user> 0700 again,
+    # and pg_ctl runs as the `pgserver` user (as the session's pg_server fixture does)
+    with tempfile.TemporaryDirectory(prefix="dz-pg-restart-") as state:
+        admin = start_embedded(Path(state))
+        path = s3_config(tmp_path, with_database(admin, "postgres"), s3_endpoint, bucket)
+        texts = make_corpus(tmp_path / "zones" / "docs", 150)
+        pg = partial(pg_ctl, pgdata=Path(state) / "pg",
+                     user="pgserver" if os.geteuid() == 0 else None)
+        try:
+            once_through(path, texts, 20, lambda: pg(["-w", "-m", "fast", "restart"]))
+        finally:  # pgserver stops only the postmaster it started, which the restart replaced
+            pg(["-w", "-m", "fast", "stop"])
 
 
 def test_too_many_connections_are_waited_out(tmp_path: Path, database_url: str,
