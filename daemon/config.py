@@ -4,6 +4,13 @@ Everything that can be checked before the daemon touches the outside world is ch
 a bad file is refused at start with `key.path: reason` and exit code 2, never a traceback.
 Relative paths resolve against the config file's folder; `${VAR}` and `${VAR:-default}` are
 expanded from the environment. Secrets never live here: see `daemon.database` and the AWS chain.
+
+A zone is kept apart from everything the daemon itself writes or reads (state dir, local object
+store, MLflow's local files, done and quarantine folders, the password file, this config file):
+a zone holding any of them, or inside one, would ingest the daemon's own output in a loop.
+Zone folders are compared, and stored, with symlinks resolved: a zone given as a symlink is
+legitimate and the daemon watches the real folder it pointed to at load (re-pointing the link
+later does not move the zone; a restart or reload does).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import yaml
 from pydantic import (
@@ -31,7 +39,9 @@ from pydantic import (
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/drop_zones.yaml")
-KEY_FIELDS = frozenset({"doc_type", "sha256", "name", "zone", "ext"})
+KEY_FIELDS = frozenset({"doc_type", "sha256", "name", "zone", "ext", "found"})
+# strftime directives that give the same digits everywhere, and characters safe in a key
+_FOUND_FORMAT = re.compile(r"(?:%[YmdHMSfjyGVu]|[A-Za-z0-9_./-])*")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -73,7 +83,8 @@ class ZoneSettings(Frozen):
     @field_validator("path")
     @classmethod
     def _zone_folder(cls, value: Path, info: ValidationInfo) -> Path:
-        path = _resolve(value, info)
+        """The real folder, symlinks resolved, so two names for one folder cannot both pass."""
+        path = (_base(info) / value.expanduser()).resolve()
         if not path.exists():
             raise ValueError("folder does not exist")
         if not path.is_dir():
@@ -118,10 +129,17 @@ class StorageSettings(Frozen):
     @field_validator("key_template")
     @classmethod
     def _template(cls, value: str) -> str:
-        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        unknown = fields - KEY_FIELDS
-        if unknown:
-            raise ValueError(f"unknown field {{{sorted(unknown)[0]}}}; use {sorted(KEY_FIELDS)}")
+        """Every key names its content: `{sha256}` is required, even beside `{found}` and
+        `{name}`. The found time is when the ledger first saw the file version (the database's
+        transaction time, one value for every file of a discovery batch, such as a backfill),
+        and `{name}` is the bare, sanitised file name: `a/report.pdf` and `b/report.pdf` (or
+        `x y.pdf` and `x_y.pdf`) found together would share a key without the hash, and the
+        second upload would overwrite the first file's object."""
+        fields = set()
+        for _, name, spec, conversion in string.Formatter().parse(value):
+            if name is not None:
+                _check_key_field(name, spec or "", conversion)
+                fields.add(name)
         if "sha256" not in fields:
             raise ValueError("must contain {sha256} so that two contents never share a key")
         return value
@@ -137,6 +155,21 @@ class StorageSettings(Frozen):
     @property
     def prefix(self) -> str:
         return urlsplit(self.url).path.strip("/")
+
+
+def _check_key_field(name: str, spec: str, conversion: str | None) -> None:
+    """One `{field:spec}` of a key template: known, no conversion, a format only on {found}."""
+    bang, colon = f"!{conversion}" if conversion else "", f":{spec}" if spec else ""
+    shown = f"{{{name}{bang}{colon}}}"
+    if name not in KEY_FIELDS:
+        raise ValueError(f"unknown field {shown}; use {sorted(KEY_FIELDS)}")
+    if conversion:
+        raise ValueError(f"{shown}: no conversions (!r, !s, !a) in a key")
+    if spec and name != "found":
+        raise ValueError(f"{shown}: only {{found}} takes a format")
+    if not _FOUND_FORMAT.fullmatch(spec):
+        raise ValueError(f"{shown}: a time format may use %Y %m %d %H %M %S %f %j %y %G %V %u, "
+                         "letters, digits and _ . / -")
 
 
 class DatabaseSettings(Frozen):
@@ -320,7 +353,60 @@ def _check_apart(zone: ZoneSettings, other: ZoneSettings) -> None:
     if zone.name == other.name:
         raise ValueError(f"zone name '{zone.name}' is used twice")
     if zone.path.is_relative_to(other.path) or other.path.is_relative_to(zone.path):
-        raise ValueError(f"zones '{other.name}' and '{zone.name}' overlap")
+        raise ValueError(f"zones '{other.name}' and '{zone.name}' overlap ({other.path} and "
+                         f"{zone.path}, symlinks resolved)")
+
+
+def tangles(settings: Settings, config_file: Path | None = None) -> list[str]:
+    """Zones that hold, or lie inside, something of the daemon's own: one line per zone, naming
+    the first such thing (the config file, then the state dir, which holds most of the rest)."""
+    owned = [(what, path.resolve()) for what, path in _own_paths(settings, config_file)]
+    lines = []
+    for index, zone in enumerate(settings.zones):
+        reasons = (_tangle(zone.path, what, path) for what, path in owned)
+        reason = next((r for r in reasons if r), None)
+        if reason:
+            lines.append(f"zones[{index}].path: {reason}")
+    return lines
+
+
+def _tangle(zone: Path, what: str, path: Path) -> str | None:
+    if path.is_relative_to(zone):
+        verb = "contains"
+    elif zone.is_relative_to(path):
+        verb = "lies inside"
+    else:
+        return None
+    return f"{verb} {what} ({path}): the daemon would ingest its own files; keep them apart"
+
+
+def _own_paths(settings: Settings, config_file: Path | None) -> Iterator[tuple[str, Path]]:
+    """Everything on this machine's disks the daemon writes, or reads as its own settings."""
+    if config_file is not None:
+        yield "the config file", config_file
+    yield "the state dir", settings.state_dir
+    if not settings.storage.is_s3:
+        yield "the object store folder", Path(settings.storage.url)
+    yield from _mlflow_paths(settings.mlflow)
+    for zone in settings.zones:
+        yield f"the done folder of zone '{zone.name}'", zone.done_dir
+        yield f"the quarantine folder of zone '{zone.name}'", zone.quarantine_dir
+    if settings.database.password_file is not None:
+        yield "the database password file", settings.database.password_file
+
+
+def _mlflow_paths(mlflow: MlflowSettings) -> Iterator[tuple[str, Path]]:
+    """MLflow's local files: a sqlite database, a file: store, a local artifact folder (the
+    default one, `<state_dir>/mlartifacts`, is inside the state dir)."""
+    uri, artifacts = mlflow.tracking_uri, mlflow.artifact_location or ""
+    if uri.startswith("sqlite:///"):
+        yield "the MLflow database", Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    elif uri.startswith("file:"):
+        yield "the MLflow store", Path(url2pathname(urlsplit(uri).path))
+    if artifacts.startswith("file:"):
+        yield "the MLflow artifact folder", Path(url2pathname(urlsplit(artifacts).path))
+    elif artifacts.startswith("/"):
+        yield "the MLflow artifact folder", Path(artifacts)
 
 
 def fill_state_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -405,18 +491,24 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([f"{where}: {problem}"]) from None
 
 
-def parse(data: Any, base: Path, env: dict[str, str] | None = None) -> Settings:
-    """Validate an already-parsed document; relative paths resolve against `base`."""
+def parse(data: Any, base: Path, env: dict[str, str] | None = None,
+          config_file: Path | None = None) -> Settings:
+    """Validate an already-parsed document; relative paths resolve against `base`. Zones are
+    checked against the daemon's own paths once everything else is valid (see `tangles`)."""
     if not isinstance(data, dict):
         raise ConfigError(["(top): the config must be a mapping of keys to values"])
     data = expand_env(data, dict(os.environ) if env is None else env)
     try:
-        return Settings.model_validate(data, context={"base": base})
+        settings = Settings.model_validate(data, context={"base": base})
     except ValidationError as err:
         raise ConfigError(list(_problems(err))) from None
+    problems = tangles(settings, config_file)
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def load(path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read and validate a config file (default: $DROPZONE_CONFIG or config/drop_zones.yaml)."""
     path = path or Path(os.environ.get("DROPZONE_CONFIG", DEFAULT_CONFIG))
-    return parse(read_yaml(path), path.resolve().parent, env)
+    return parse(read_yaml(path), path.resolve().parent, env, config_file=path)

@@ -54,6 +54,7 @@ class FileRow:
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime | None = None
+    discovered_at: datetime | None = None  # when first seen: a key's {found} time
     rel_raw: bytes | None = None  # the exact name, when it is not valid UTF-8
 
     @property

@@ -17,6 +17,7 @@ import tempfile
 import unicodedata
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from daemon.s3put import DirectPut
 
 MAX_NAME_BYTES = 200
+FOUND_FORMAT = "%Y%m%dT%H%M%SZ"  # `{found}` without a format: ISO 8601 basic, UTC
 _UNSAFE_RUN = re.compile(r"_+")
 PART_BYTES = 8 * 1024**2  # multipart part size: 125 parts for a 1 GiB file (S3 allows 10,000)
 _HEADERS = {"ContentType": "Content-Type", "ServerSideEncryption": "x-amz-server-side-encryption",
@@ -77,11 +79,27 @@ def extension(name: str) -> str:
     return suffix[1:].lower()
 
 
-def object_key(template: str, *, doc_type: str, sha256: str, name: str, zone: str) -> str:
+@dataclass(frozen=True)
+class FoundTime:
+    """`{found:%Y%m%d}` in a key: when the ledger first saw the file version, always in UTC.
+
+    It comes from the ledger row (`dz_files.discovered_at`), not the clock, so the hash stage
+    run again for the same file (a retry, another daemon) computes the same key."""
+
+    at: datetime | None
+
+    def __format__(self, spec: str) -> str:
+        if self.at is None:
+            raise PermanentError("the key template uses {found} but the file has no found time")
+        return self.at.astimezone(UTC).strftime(spec or FOUND_FORMAT)
+
+
+def object_key(template: str, *, doc_type: str, sha256: str, name: str, zone: str,
+               found: datetime | None = None) -> str:
     """The deterministic key of one content; the template is validated by config."""
     safe = sanitize_name(name)
     key = template.format(doc_type=sanitize_name(doc_type), sha256=sha256, name=safe,
-                          zone=sanitize_name(zone), ext=extension(name))
+                          zone=sanitize_name(zone), ext=extension(name), found=FoundTime(found))
     parts = [p for p in key.split("/") if p not in ("", ".", "..")]
     return "/".join(parts)
 

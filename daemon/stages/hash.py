@@ -2,7 +2,8 @@
 
 A small file's bytes are kept for the upload and the extraction, so it is read from disk once.
 The deterministic object key is fixed here, before anything is uploaded, so a retried upload
-always writes the same object.
+always writes the same object; its `{found}` time is the ledger's discovery time, never the
+clock, so hashing the file again gives the same key too.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _name_or_duplicate(job: Job, env: Env, owner: str | None) -> str:
         return "finish"
     job.row.object_key = object_key(env.settings.storage.key_template, doc_type=job.zone.doc_type,
                                     sha256=job.row.sha256 or "", name=job.source.name,
-                                    zone=job.zone.name)
+                                    zone=job.zone.name, found=job.row.discovered_at)
     return "upload"
 
 

@@ -110,7 +110,10 @@ def test_duplicate_and_overlapping_zones_are_refused(tmp_path: Path) -> None:
     same = {"zones": [{"name": "a", "path": "in"}, {"name": "a", "path": "in/sub"}]}
     assert problems(same, tmp_path) == ["zones: zone name 'a' is used twice"]
     nested = {"zones": [{"name": "a", "path": "in"}, {"name": "b", "path": "in/sub"}]}
-    assert problems(nested, tmp_path) == ["zones: zones 'a' and 'b' overlap"]
+    real = tmp_path.resolve()
+    assert problems(nested, tmp_path) == [f"zones: zones 'a' and 'b' overlap ({real}/in and "
+                                          f"{real}/in/sub, symlinks resolved)"]
+
 
 
 def test_byte_sizes_and_relative_sqlite_uris(tmp_path: Path) -> None:
@@ -157,3 +160,103 @@ def test_cli_refuses_bad_config_with_one_line_and_exit_2(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines() == [
         "dropzone: config error: zones[0].path: folder does not exist"]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("patch", "expected"), [
+    ({"state_dir": "in/var"}, "zones[0].path: contains the state dir"),
+    ({"storage": {"url": "in/objects"}}, "zones[0].path: contains the object store folder"),
+    ({"storage": {"url": "file://{tmp}/in/objects"}},
+     "zones[0].path: contains the object store folder"),
+    ({"mlflow": {"tracking_uri": "sqlite:///in/m.db"}},
+     "zones[0].path: contains the MLflow database"),
+    ({"mlflow": {"tracking_uri": "file://{tmp}/in/mlruns"}},
+     "zones[0].path: contains the MLflow store"),
+    ({"mlflow": {"tracking_uri": "http://mlflow:5000", "artifact_location": "file://{tmp}/in/a"}},
+     "zones[0].path: contains the MLflow artifact folder"),
+    ({"zones": [{"name": "docs", "path": "in", "done_dir": "in/done"}]},
+     "zones[0].path: contains the done folder of zone 'docs'"),
+    ({"zones": [{"name": "docs", "path": "in"},
+                {"name": "b", "path": "b", "quarantine_dir": "in/q"}]},
+     "zones[0].path: contains the quarantine folder of zone 'b'"),
+    ({"database": {"url": "postgresql://u@h/db", "password_file": "in/pw"}},
+     "zones[0].path: contains the database password file"),
+    ({"state_dir": "."}, "zones[0].path: lies inside the state dir"),
+    ({"storage": {"url": "."}}, "zones[0].path: lies inside the object store folder"),
+    ({"zones": [{"name": "docs", "path": "in", "done_dir": "."}]},
+     "zones[0].path: lies inside the done folder of zone 'docs'"),
+])
+def test_a_zone_may_not_hold_the_daemons_own_files(tmp_path: Path, patch: dict[str, Any],
+                                                   expected: str) -> None:
+    """A zone that holds (or lies inside) the state dir, the object store, MLflow's files, a
+    done or quarantine folder or a password file is refused: it would ingest its own output."""
+    (tmp_path / "b").mkdir()
+    patch = yaml.safe_load(yaml.safe_dump(patch).replace("{tmp}", str(tmp_path)))
+    found = problems({**minimal(tmp_path), **patch}, tmp_path)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_a_zone_may_not_hold_its_config_file(tmp_path: Path) -> None:
+    """`path: .` next to the config file is refused: the daemon would move its own config."""
+    path = tmp_path / "c.yaml"
+    path.write_text("state_dir: /nonexistent/var\nzones:\n  - {name: docs, path: .}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, env={})
+    assert caught.value.problems == [f"zones[0].path: contains the config file ({path.resolve()}):"
+                                     " the daemon would ingest its own files; keep them apart"]
+
+
+def test_symlinks_do_not_hide_an_overlap(tmp_path: Path) -> None:
+    """A zone given as a symlink to another zone's folder, or a state dir reached through a
+    symlink into a zone, is refused like the real path would be."""
+    (tmp_path / "z" / "var").mkdir(parents=True)
+    (tmp_path / "zlink").symlink_to("z")
+    (tmp_path / "vlink").symlink_to("z/var")
+    twice = {"zones": [{"name": "a", "path": "z"}, {"name": "b", "path": "zlink"}]}
+    real = (tmp_path / "z").resolve()
+    assert problems(twice, tmp_path) == [f"zones: zones 'a' and 'b' overlap ({real} and {real}, "
+                                         "symlinks resolved)"]
+    state = {"state_dir": "vlink", "zones": [{"name": "a", "path": "z"}]}
+    assert problems(state, tmp_path)[0].startswith("zones[0].path: contains the state dir")
+
+
+def test_a_zone_given_as_a_symlink_watches_the_real_folder(tmp_path: Path) -> None:
+    """A symlinked zone is legitimate: it is resolved at load, and the real folder is watched."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    settings = config.parse({"zones": [{"name": "a", "path": "link"}]}, tmp_path, {})
+    assert settings.zones[0].path == (tmp_path / "real").resolve()
+
+
+def test_check_refuses_a_state_dir_inside_a_zone(tmp_path: Path) -> None:
+    """`check` on a config whose state dir is inside a zone: one line naming the zone, exit 2."""
+    (tmp_path / "z").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text("state_dir: z/var\nzones:\n  - {name: a, path: z}\n")
+    result = subprocess.run([sys.executable, "-m", "daemon", "check", "--config", str(path)],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("dropzone: config error: zones[0].path: contains the state dir ("
+                           f"{tmp_path.resolve()}/z/var)"), line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{found:%Y%m%d_%H%M%S}/{doc_type}/{name}", "must contain {sha256}"),
+    ("{sha256:.8}/{name}", "{sha256:.8}: only {found} takes a format"),
+    ("{sha256!r}", "{sha256!r}: no conversions"),
+    ("{found:%c}/{sha256}", "{found:%c}: a time format may use"),
+    ("{found.year}/{sha256}", "unknown field {found.year}"),
+])
+def test_key_template_refusals(tmp_path: Path, template: str, expected: str) -> None:
+    """A template that could give two contents one key, or render unsafe text, is refused."""
+    found = problems(minimal(tmp_path, storage={"url": "s3://b", "key_template": template}),
+                     tmp_path)
+    assert found[0].startswith(f"storage.key_template: {expected}"), found
+
+
+def test_key_template_may_use_the_found_time(tmp_path: Path) -> None:
+    """The original guide's layout, with the content hash that keeps keys apart, loads."""
+    template = "dropzones/{found:%Y%m%d_%H%M%S}/{doc_type}/{sha256}/{name}"
+    data = minimal(tmp_path, storage={"url": "s3://b", "key_template": template})
+    assert config.parse(data, tmp_path, {}).storage.key_template == template

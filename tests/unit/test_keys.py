@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,25 @@ def test_template_fields() -> None:
                      name="A.PDF", zone="inbox")
     assert key == f"inbox/pdf/paper/{SHA}"
     assert extension("noext") == ""
+
+
+def test_found_time_renders_in_utc() -> None:
+    """`{found:...}` renders the given found time in UTC, whatever zone the time came in."""
+    found = datetime(2026, 12, 5, 14, 1, 38, 250_000, tzinfo=timezone(timedelta(hours=1)))
+    key = object_key("dropzones/{found:%Y%m%d_%H%M%S}/{doc_type}/{sha256}/{name}",
+                     doc_type="report", sha256=SHA, name="q3 .md", zone="z", found=found)
+    assert key == f"dropzones/20261205_130138/report/{SHA}/q3_.md"
+    assert object_key("{found:%Y/%m/%d}/{found}/{found:%f}/{sha256}", doc_type="d", sha256=SHA,
+                      name="n", zone="z", found=found.astimezone(UTC)) == \
+        f"2026/12/05/20261205T130138Z/250000/{SHA}"
+
+
+def test_found_time_is_needed_when_the_template_uses_it() -> None:
+    """Without a found time a `{found}` template fails plainly; other templates ignore it."""
+    with pytest.raises(PermanentError, match="no found time"):
+        object_key("{found:%Y}/{sha256}", doc_type="d", sha256=SHA, name="n", zone="z")
+    assert object_key(TEMPLATE, doc_type="d", sha256=SHA, name="n", zone="z") == \
+        f"dropzones/d/{SHA}/n"
 
 
 def test_file_store_refuses_keys_that_escape(tmp_path: Path) -> None:
