@@ -97,10 +97,10 @@ def test_a_zone_swapped_for_a_symlink_is_never_followed(
         daemon.wait_for("file_processed", 60, path="after.txt")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
-    assert len(daemon.named("zone_replaced")) == 1
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["later.txt", "precious.txt"]
     assert sorted(d["source_path"] for d in Sinks(path).documents()) == ["after.txt",
                                                                           "before.txt"]
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["later.txt", "precious.txt"]
+    assert len(daemon.named("zone_replaced")) == 1
 
 
 def test_a_zone_folder_replaced_by_another_is_watched_anew(
