@@ -158,3 +158,23 @@ def test_folders_past_the_inotify_watch_limit_are_polled(
     assert limit["limit"] == 40
     assert "sysctl fs.inotify.max_user_watches=" in limit["fix"]
     assert len(daemon.named("watch_limit_reached")) == 1
+
+
+def test_a_255_byte_name_reused_is_moved_beside_the_first(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """A second version of a 255-byte name cannot be `name.1.txt` (257 bytes): it goes to
+    done/ under the name cut to fit, and nothing is quarantined."""
+    path = s3_config(tmp_path, database_url, s3_endpoint, bucket)
+    zone, name = tmp_path / "zones" / "docs", "n" * 251 + ".txt"
+    with Daemon(path) as daemon:
+        daemon.wait_for("daemon_ready", 120)
+        (zone / name).write_text("first version")  # no room for drop()'s temporary name
+        daemon.wait_for("file_processed", 60, path=name)
+        (zone / name).write_text("second version, longer")
+        wait_until(lambda: len(daemon.named("file_processed")) == 2, 60, "second version")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    assert {e["outcome"] for e in daemon.named("file_processed")} == {"stored"}
+    done = tmp_path / "var" / "done" / "docs"
+    assert {p.name for p in done.iterdir()} == {name, "n" * 249 + ".1.txt"}
+    assert (done / name).read_text() == "first version"
