@@ -57,12 +57,30 @@ def is_version(path: Path, expected: tuple[int, int]) -> bool:
     return stat.S_ISREG(st.st_mode) and version_of(st) == expected
 
 
-def free_path(path: Path) -> Path:
-    """`path`, or `name.1.ext`, `name.2.ext`... : the first that does not exist yet."""
-    candidate, n = path, 0
+NAME_MAX_BYTES = 255  # the longest file name most filesystems take
+
+
+def _fitted(path: Path, n: int, room_bytes: int) -> Path:
+    """`name.n.ext` (`name.ext` for n = 0), the name cut at a character boundary so that it and
+    `room_bytes` more fit in NAME_MAX_BYTES: a 255-byte name that is taken needs `.1` too."""
+    name, ext = os.fsencode(path.stem), os.fsencode(path.suffix)
+    if len(ext) > 32:  # not an extension worth keeping whole
+        name, ext = name + ext, b""
+    tail = (f".{n}".encode() if n else b"") + ext
+    cut = max(1, NAME_MAX_BYTES - room_bytes - len(tail))
+    while 1 < cut < len(name) and name[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+        cut -= 1
+    return path.with_name(os.fsdecode(name[:cut] + tail))
+
+
+def free_path(path: Path, room_bytes: int = 0) -> Path:
+    """`path`, or `name.1.ext`, `name.2.ext`... : the first that does not exist yet, each cut
+    to fit the filesystem with `room_bytes` to spare (for a `.error.json` beside it)."""
+    fits = len(os.fsencode(path.name)) + room_bytes <= NAME_MAX_BYTES
+    candidate, n = (path if fits else _fitted(path, 0, room_bytes)), 0
     while candidate.exists() or candidate.is_symlink():
         n += 1
-        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        candidate = _fitted(path, n, room_bytes)
     return candidate
 
 

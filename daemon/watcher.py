@@ -5,25 +5,58 @@ events while it runs, and a periodic rescan (events can be lost; some filesystem
 Every candidate goes through the settler, which calls a file ready once its size and mtime have
 not changed for the zone's `settle_ms`; ready files are handed to `ledger.discover`. The watcher
 knows nothing of S3 or MLflow. Symlinks are never followed and only regular files are taken.
+
+What real machines do to a watch, and what happens then:
+
+* The watch breaks (watchfiles cannot decode a name that is not UTF-8, as SMB shares give; the
+  kernel is out of inotify instances; anything else): the zone logs it once, rescans at once (so
+  the file that broke the watch is still taken), and watches again after a backoff that grows
+  while the watch keeps failing. The daemon stays up.
+* The zone folder is replaced. Its identity (st_dev, st_ino, from lstat) is recorded when the
+  folder is adopted, and every scan, settling pass and watch step checks it. A symlink at the
+  zone's path is never followed, not even at start: nothing is taken until a real folder is back.
+  A real folder that took the adopted one's place is adopted after one `zone_replaced` line (the
+  operator may well have recreated it); the old folder, wherever it went, is left alone.
+* The inotify watch limit is reached. notify then stops adding watches without a word (watchfiles'
+  `ignore_permission_denied` swallows its MaxFilesWatch error, and watches for folders made later
+  fail silently), so a probe asks whether one more watch can be added. If not, the zone says so
+  once, with the sysctl to raise, and is rescanned every few seconds while the limit binds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
+import functools
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.config import ZoneSettings
 from daemon.ledger import Entry, Ledger
 from daemon.logs import get_logger
 
+if TYPE_CHECKING:
+    from watchfiles.main import FileChange
+
 log = get_logger("dropzone.watcher")
 Version = tuple[int, int]
+Identity = tuple[int, int]  # (st_dev, st_ino) of a zone folder
+
+BACKOFF_S = 0.5  # the first wait before a broken watch is set up again; doubles per failure
+BACKOFF_MAX_S = 30.0
+HEALTHY_S = 60.0  # a watch that ran this long before failing starts the backoff afresh
+STEP_MS = 1000  # the watch hands back control at least this often, to check the folder
+PROBE_EVERY_S = 1.0  # how often the inotify watch limit is probed
+REARM_EVERY_S = 60.0  # at most one new watch a minute when the limit seems to have gone
+POLL_MIN_S = 2.0  # rescans of a zone past the watch limit: this often at most, and
+POLL_SHARE = 10  # ... no more than one tenth of the time
 
 
 @dataclass
@@ -90,6 +123,14 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    """The entry's own stat, or None if it went away since the folder was listed."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
+
+
 _KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISBLK, "a device"), (stat.S_ISCHR, "a device"))
 
@@ -110,13 +151,12 @@ def scan(zone: ZoneSettings, start: Path | None = None,
             if entry.is_dir(follow_symlinks=False):
                 if zone.recursive and not _skipped_dir(zone, path, rel):
                     stack.append(path)
-            elif not accepts(zone, rel):
+            elif not accepts(zone, rel) or (st := _lstat(entry)) is None:
                 continue
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
+            elif stat.S_ISREG(st.st_mode):
                 yield rel, (st.st_size, st.st_mtime_ns)
             elif skipped is not None:
-                skipped.append((rel, kind_of(entry.stat(follow_symlinks=False).st_mode)))
+                skipped.append((rel, kind_of(st.st_mode)))
 
 
 def _version(path: Path) -> Version | None:
@@ -127,15 +167,154 @@ def _version(path: Path) -> Version | None:
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
+def folder_identity(path: Path) -> Identity | str:
+    """(st_dev, st_ino) of the folder at `path` itself, or why there is none. lstat, not stat:
+    a symlink put in the folder's place is seen as a symlink, never as its target."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return st.st_dev, st.st_ino
+    return "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
+
+
+_IN_CLOEXEC = 0o2000000
+_IN_CREATE = 0x100
+_IN_ONLYDIR = 0x01000000
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc if hasattr(libc, "inotify_add_watch") else None  # Linux only
+
+
+def inotify_full(path: Path) -> bool:
+    """True if no inotify watch can be added now: the user's watch limit is reached (ENOSPC).
+    The probe holds its one watch for a moment, on an inotify instance of its own."""
+    libc = _libc()
+    fd = libc.inotify_init1(_IN_CLOEXEC) if libc is not None else -1
+    if libc is None or fd < 0:  # out of inotify instances: the watch itself fails, and says so
+        return False
+    try:
+        wd = libc.inotify_add_watch(fd, os.fsencode(path), _IN_CREATE | _IN_ONLYDIR)
+        return bool(wd < 0 and ctypes.get_errno() == errno.ENOSPC)
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def inotify_limit() -> tuple[int | None, str]:
+    """The watch limit that binds, and the sysctl settings that raise it: the machine's, and
+    the user namespace's when that one is lower (in a container, say)."""
+    machine = _read_int("/proc/sys/fs/inotify/max_user_watches")
+    namespace = _read_int("/proc/sys/user/max_inotify_watches")
+    if namespace is not None and (machine is None or namespace < machine):
+        return namespace, "fs.inotify.max_user_watches={n} user.max_inotify_watches={n}"
+    return machine, "fs.inotify.max_user_watches={n}"
+
+
+def count_folders(path: Path) -> int:
+    return sum(len(folders) for _, folders, _ in os.walk(path)) + 1
+
+
+class WatchLimit:
+    """Whether one zone's watch is short of inotify watches, by probing (see `inotify_full`).
+
+    The probe runs at most once a second and only for zones watched by events. A limit that no
+    longer binds asks for a new watch (notify does not add the watches it missed), at most once
+    a minute, so a limit that comes and goes cannot make the zone set up its watch over and over.
+    """
+
+    def __init__(self, zone: ZoneSettings, probe: Callable[[Path], bool]) -> None:
+        self.zone = zone
+        self.probe = probe
+        self.reached = False
+        self.said = False
+        self._probe_at = 0.0
+        self._rearm_at = 0.0
+
+    def check(self, now: float) -> str | None:
+        """"reached" or "cleared" when the state changes, else None."""
+        if self.zone.watch != "events" or now < self._probe_at:
+            return None
+        self._probe_at = now + PROBE_EVERY_S
+        reached = self.probe(self.zone.path)
+        if reached == self.reached or (self.reached and now < self._rearm_at):
+            return None
+        self.reached = reached
+        if not reached:
+            self._rearm_at = now + REARM_EVERY_S
+        return "reached" if reached else "cleared"
+
+    def rearmed(self) -> None:
+        """A new watch was set up: probe at its first step."""
+        self._probe_at = 0.0
+
+
 class ZoneWatcher:
     """Candidates, settling and discovery for one zone."""
 
-    def __init__(self, zone: ZoneSettings, ledger: Ledger) -> None:
+    def __init__(self, zone: ZoneSettings, ledger: Ledger,
+                 probe: Callable[[Path], bool] = inotify_full) -> None:
         self.zone = zone
         self.ledger = ledger
         self.settler = Settler(zone.settle_ms / 1000)
         self.known: dict[str, Version] = {}  # discovered versions still in the zone
         self._reported: set[str] = set()  # special files already logged
+        self.identity: Identity | None = None  # the folder adopted as this zone
+        self.lost: str | None = None  # why nothing is taken from the zone now (said once)
+        self.limit = WatchLimit(zone, probe)
+        self._poll_at = 0.0
+        self._failure: str | None = None  # the last watch failure logged
+
+    def present(self) -> bool:
+        """Is the zone's folder there, and the one adopted? A real folder is adopted (at first
+        sight, or in place of one that went); anything else at the path is never followed."""
+        found = folder_identity(self.zone.path)
+        if isinstance(found, str):
+            self._lose(found)
+            return False
+        if found != self.identity or self.lost is not None:
+            self._adopt(found)
+        return True
+
+    def _lose(self, why: str) -> None:
+        if why == self.lost:
+            return
+        self.lost = why
+        self._forget_all()
+        if why == "missing":
+            log.error("zone_missing", zone=self.zone.name, path=str(self.zone.path),
+                      effect="nothing is taken from this zone until its folder is back")
+        else:
+            log.error("zone_replaced", zone=self.zone.name, path=str(self.zone.path), now=why,
+                      effect="nothing is taken from this zone until a real folder is at its "
+                      "path; links are never followed")
+
+    def _adopt(self, found: Identity) -> None:
+        if self.lost is not None:
+            log.warning("zone_back", zone=self.zone.name, path=str(self.zone.path))
+        elif self.identity is not None:
+            log.warning("zone_replaced", zone=self.zone.name, path=str(self.zone.path),
+                        now="another folder", effect="the new folder is watched in the old "
+                        "one's place; the old one is left alone, wherever it went")
+        self.identity, self.lost = found, None
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        """What was seen in a folder that is not the zone's any more says nothing of its files."""
+        self.settler = Settler(self.zone.settle_ms / 1000)
+        self.known = {}
 
     def report_skipped(self, skipped: list[tuple[str, str]]) -> None:
         """One log line per special file, the first time it is seen."""
@@ -151,8 +330,14 @@ class ZoneWatcher:
             self.settler.observe(rel, version, time.time())
 
     async def rescan(self) -> None:
-        skipped: list[tuple[str, str]] = []
+        """Scan the whole zone, if its folder is the one adopted before and after the scan (if
+        it was swapped meanwhile, what the scan found may be another folder's)."""
+        if not self.present():
+            return
+        before, skipped = self.identity, list[tuple[str, str]]()
         found = dict(await asyncio.to_thread(lambda: list(scan(self.zone, None, skipped))))
+        if not self.present() or self.identity != before:
+            return
         self.report_skipped(skipped)
         self.known = {rel: v for rel, v in self.known.items() if found.get(rel) == v}
         for rel, version in found.items():
@@ -170,10 +355,12 @@ class ZoneWatcher:
 
     async def settle(self) -> int:
         """One settling pass; ready files go to the ledger. Returns how many are still waiting."""
-        if not len(self.settler):
+        if not len(self.settler) or not self.present():
             return 0
-        rels = self.settler.pending()
+        before, rels = self.identity, self.settler.pending()
         versions = await asyncio.to_thread(lambda: {r: _version(self.zone.path / r) for r in rels})
+        if not self.present() or self.identity != before:
+            return len(self.settler)  # stats taken through a swapped folder are not used
         ready = self._ready(versions)  # on the loop thread, like every other settler change
         if ready:
             await self.ledger.discover(self.zone.name, ready)
@@ -209,6 +396,40 @@ class ZoneWatcher:
         else:
             self.report_skipped([(rel, kind_of(st.st_mode))])
 
+    def watch_failed(self, exc: Exception, retry_s: float) -> None:
+        """Say why the watch broke, once for each new reason."""
+        error = f"{type(exc).__name__}: {exc}"
+        if error == self._failure:
+            return
+        self._failure = error
+        cause = ("a file name that is not UTF-8 (the rescan takes the file)"
+                 if "decode" in error else None)
+        log.warning("watch_failed", zone=self.zone.name, error=error, cause=cause,
+                    effect=f"the zone is rescanned now and watched again in {retry_s:g} s")
+
+    async def tend(self) -> bool:
+        """At every watch step: probe the watch limit, and rescan often while it binds.
+        True when the watch should be set up again (the limit no longer binds)."""
+        now = time.monotonic()
+        change = self.limit.check(now)
+        if change == "reached" and not self.limit.said:
+            await self._say_limit()
+        if self.limit.reached and now >= self._poll_at:
+            await self.rescan()
+            took_s = time.monotonic() - now
+            self._poll_at = time.monotonic() + max(POLL_MIN_S, POLL_SHARE * took_s)
+        return change == "cleared"
+
+    async def _say_limit(self) -> None:
+        self.limit.said = True
+        limit, sysctls = inotify_limit()
+        folders = await asyncio.to_thread(count_folders, self.zone.path)
+        wanted = max(2 * (limit or 8192), (limit or 8192) + 2 * folders)
+        log.warning("watch_limit_reached", zone=self.zone.name, limit=limit, folders=folders,
+                    effect="folders past the limit have no inotify watch; the zone is rescanned "
+                    "every few seconds while the limit binds",
+                    fix=f"sysctl {sysctls.format(n=wanted)} (and in /etc/sysctl.d/ to keep it)")
+
     @property
     def tick_s(self) -> float:
         return min(0.5, max(0.05, self.zone.settle_ms / 4000))
@@ -241,6 +462,7 @@ class Watcher:
         zone is watched and scanned (a file dropped after that cannot be missed)."""
         async with asyncio.TaskGroup() as group:
             for zone in self.zones:
+                zone.present()  # adopt each zone's folder before its watch is set up
                 group.create_task(self._watch(zone, stop))
             await asyncio.sleep(0.1)  # each watch is set up in its task's first step
             await self.scan_all()  # what arrived before the watches were up
@@ -250,39 +472,60 @@ class Watcher:
             group.create_task(self._rescan_loop(stop))
 
     async def _watch(self, zone: ZoneWatcher, stop: asyncio.Event) -> None:
-        """Watch one zone; if its folder goes away, say so, wait for it, and watch it again."""
+        """Watch one zone until `stop`. Whatever breaks the watch, the zone is rescanned and
+        watched again; a folder that went or was replaced is waited for, never followed."""
+        failures, again = 0, False
         while not stop.is_set() and zone.zone.watch != "rescan":
-            if not zone.zone.path.is_dir():
+            if not zone.present():
                 await self._wait_for_folder(zone, stop)
+                again = True
                 continue
+            started = time.monotonic()
             try:
-                await self._watch_folder(zone, _StopOrGone(stop))
-            except OSError as exc:  # the folder vanished while the watch was being set up
-                log.warning("watch_failed", zone=zone.zone.name, error=str(exc))
-                await _sleep_unless(stop, 1.0)
+                await self._watch_folder(zone, _StopOrGone(stop), rescan=again)
+            except Exception as exc:  # e.g. watchfiles cannot decode a name that is not UTF-8
+                healthy = time.monotonic() - started >= HEALTHY_S
+                failures = 1 if healthy else failures + 1
+                await self._recover(zone, exc, failures, stop)
+            again = True
 
-    async def _watch_folder(self, zone: ZoneWatcher, until: _StopOrGone) -> None:
-        from watchfiles import Change, awatch
+    async def _recover(self, zone: ZoneWatcher, exc: Exception, failures: int,
+                       stop: asyncio.Event) -> None:
+        """After a broken watch: say so, rescan at once (the file that broke the watch is still
+        taken promptly), and wait before watching again, longer while it keeps failing."""
+        retry_s = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1))
+        zone.watch_failed(exc, retry_s)
+        await _rescan_safely(zone)
+        await _sleep_unless(stop, retry_s)
 
+    async def _watch_folder(self, zone: ZoneWatcher, until: _StopOrGone, rescan: bool) -> None:
+        """One watch on the adopted folder, until `until` is set or the folder is not the
+        adopted one any more. A watch set up again rescans once it is up: files that came
+        while there was no watch are found."""
+        from watchfiles import awatch
+
+        armed, first = zone.identity, True
+        zone.limit.rearmed()
         async for changes in awatch(zone.zone.path, watch_filter=None, debounce=50, step=20,
                                     stop_event=until, recursive=zone.zone.recursive,
                                     force_polling=zone.zone.watch == "poll" or None,
-                                    ignore_permission_denied=True):
-            for change, raw in changes:
-                path = Path(raw)
-                if path.is_relative_to(zone.zone.path) and path != zone.zone.path:
-                    zone.on_event(path, deleted=change == Change.deleted)
-            if not zone.zone.path.is_dir():
+                                    ignore_permission_denied=True, rust_timeout=STEP_MS,
+                                    yield_on_timeout=True):
+            if not zone.present() or zone.identity != armed:
+                until.set()
+                continue
+            if first and rescan:
+                await zone.rescan()
+            first = False
+            _take(zone, changes)
+            if await zone.tend():
                 until.set()
 
     async def _wait_for_folder(self, zone: ZoneWatcher, stop: asyncio.Event) -> None:
-        log.error("zone_missing", zone=zone.zone.name, path=str(zone.zone.path),
-                  effect="nothing is taken from this zone until its folder is back")
-        while not zone.zone.path.is_dir():
+        """The zone said why it is gone; it is watched (and rescanned) again once it is back."""
+        while not zone.present():
             if await _sleep_unless(stop, 1.0):
                 return
-        log.warning("zone_back", zone=zone.zone.name, path=str(zone.zone.path))
-        await zone.rescan()
 
     async def _settle_loop(self, stop: asyncio.Event) -> None:
         tick = min(z.tick_s for z in self.zones)
@@ -295,11 +538,31 @@ class Watcher:
 
     async def _rescan_loop(self, stop: asyncio.Event) -> None:
         while not await _sleep_unless(stop, self.rescan_s):
-            await self.scan_all()
+            for zone in self.zones:
+                await _rescan_safely(zone)
+
+
+def _take(zone: ZoneWatcher, changes: set[FileChange]) -> None:
+    """Hand one batch of watchfiles changes to the zone."""
+    from watchfiles import Change
+
+    for change, raw in changes:
+        path = Path(raw)
+        if path.is_relative_to(zone.zone.path) and path != zone.zone.path:
+            zone.on_event(path, deleted=change == Change.deleted)
+
+
+async def _rescan_safely(zone: ZoneWatcher) -> None:
+    """A rescan that cannot stop the daemon: whatever fails is logged, the next one tries."""
+    try:
+        await zone.rescan()
+    except Exception as exc:
+        log.warning("rescan_failed", zone=zone.zone.name, error=f"{type(exc).__name__}: {exc}")
 
 
 class _StopOrGone:
-    """A stop event for one zone's watch: the daemon stops, or the zone folder went away."""
+    """A stop event for one zone's watch: the daemon stops, or the watch must end (its folder
+    went or was replaced, or it is to be set up again)."""
 
     def __init__(self, stop: asyncio.Event) -> None:
         self.stop = stop

@@ -22,6 +22,7 @@ from daemon.retry import describe
 from daemon.stages import Env, Job, advance, timed
 
 log = get_logger("dropzone.finish")
+REPORT_SUFFIX = ".error.json"  # beside each quarantined file
 LEFT_FIX = ("let the daemon's user write the file's folder and read the file; it is not taken "
             "again unless it changes")
 
@@ -87,12 +88,12 @@ def quarantine_source(job: Job, reason: str) -> str | None:
     file that cannot leave its zone stays, and its report says where it is."""
     if not is_version(job.source, job.version):
         return None
-    final = free_path(job.zone.quarantine_dir / job.row.fs_path)
+    final = free_path(job.zone.quarantine_dir / job.row.fs_path, len(REPORT_SUFFIX))
     report = error_report(job, reason)
-    write_json(Path(f"{final}.error.json"), report)  # the reason first
+    write_json(Path(f"{final}{REPORT_SUFFIX}"), report)  # the reason first
     with left_in_place(job, "quarantine"):
         return str(move(job.source, final))
-    write_json(Path(f"{final}.error.json"), {**report, "left_in_place": str(job.source)})
+    write_json(Path(f"{final}{REPORT_SUFFIX}"), {**report, "left_in_place": str(job.source)})
     return None
 
 
