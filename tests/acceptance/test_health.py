@@ -3,13 +3,17 @@ cannot open, and a dependency that goes down and comes back (`status`, and the l
 
 from __future__ import annotations
 
+import json
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import REPO, Daemon, drop, write_config
+from tests.helpers import REPO, Daemon, drop, proxy_for, wait_until, write_config
 
 UNKNOWN_REVISION = "fedcba987654"  # no MLflow has this schema revision
 
@@ -70,3 +74,53 @@ def test_a_store_from_an_older_mlflow_is_upgraded_with_a_backup(
     set_store_revision(store, UNKNOWN_REVISION)  # as if a newer MLflow had written it since
     check = cli(config_path, "check")
     assert check.returncode == 3 and f"put back {backup}" in check.stdout, check.stdout
+
+
+def status_of(config_path: Path, dependency: str) -> dict[str, Any]:
+    result = cli(config_path, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["dependencies"][dependency]  # type: ignore[no-any-return]
+
+
+def said_about(daemon: Daemon, words: str) -> list[dict[str, Any]]:
+    """Warning and error lines that mention `words`."""
+    return [e for e in daemon.events
+            if e.get("level") in ("warning", "error") and words in json.dumps(e)]
+
+
+def test_mlflow_down_is_told_once_shown_by_status_and_told_once_when_back(
+        tmp_path: Path, database_url: str, mlflow_server: str) -> None:
+    """MLflow away: one `dependency_down` line and nothing more about it while it stays away,
+    `status --json` shows it down with its error, since when and the files waiting for it;
+    back: one `dependency_recovered` line, and `status` shows it up."""
+    proxy = proxy_for(mlflow_server)
+    try:
+        mlflow = {"tracking_uri": f"http://127.0.0.1:{proxy.port}", "window_s": 0.5,
+                  "experiment": f"health-{tmp_path.name}"}
+        config_path = write_config(tmp_path, database=database_url, mlflow=mlflow)
+        zone = tmp_path / "zones" / "docs"
+        with Daemon(config_path) as daemon:
+            daemon.wait_for("daemon_ready", 120)
+            proxy.set("refuse")
+            for name in ("a.txt", "b.txt"):
+                drop(zone, name, f"{name} waits for MLflow")
+            daemon.wait_for("dependency_down", 120, dependency="mlflow")
+            down = wait_until(lambda: (s := status_of(config_path, "mlflow"))["waiting_files"]
+                              == 2 and s, 60, "status: two files waiting for mlflow")
+            assert down["up"] is False and down["last_error"] and down["since"], down
+            told = len(said_about(daemon, "mlflow"))
+            time.sleep(15)  # the breaker probes MLflow several times meanwhile
+            assert said_about(daemon, "mlflow")[told:] == []
+            proxy.set("pass")
+            daemon.wait_for("dependency_recovered", 120, dependency="mlflow")
+            wait_until(lambda: len(daemon.named("file_processed")) == 2, 120, "files finished")
+            up = wait_until(lambda: (s := status_of(config_path, "mlflow"))["up"] and s, 60,
+                            "status: mlflow up")
+            assert up["waiting_files"] == 0 and up["last_error"], up  # the last error stays
+            assert len(daemon.named("dependency_down")) == 1
+            assert len(daemon.named("dependency_recovered")) == 1
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0
+        assert status_of(config_path, "mlflow")["up"] is None  # no running daemon says
+    finally:
+        proxy.stop()
