@@ -57,6 +57,7 @@ MISCONFIGURED_S3_CODES = frozenset({
 # invalid authorization (bad password, no such role), insufficient privilege, undefined database
 MISCONFIGURED_SQLSTATES = ("28", "42501", "3D000")
 MISCONFIGURED_MLFLOW_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
+MLFLOW_SCHEMA_MISMATCH = "Detected out-of-date database schema"
 # connection exception, transaction rollback (serialization, deadlock), insufficient resources
 # (too many connections), operator intervention (shutdown, cancel), system error
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
@@ -77,7 +78,14 @@ def _s3_is_transient(exc: boto.ClientError) -> bool:
 
 def _mlflow_is_transient(exc: BaseException) -> bool:
     code = str(getattr(exc, "error_code", ""))
-    return code in TRANSIENT_MLFLOW_CODES or "Max retries exceeded" in str(exc)
+    return not _mlflow_store_mismatch(exc) and (
+        code in TRANSIENT_MLFLOW_CODES or "Max retries exceeded" in str(exc))
+
+
+def _mlflow_store_mismatch(exc: BaseException) -> bool:
+    """MLflow's database store was made by another MLflow version (INTERNAL_ERROR, which we
+    would retry forever): someone must upgrade the store or MLflow, as the message says."""
+    return type(exc).__module__.startswith("mlflow") and MLFLOW_SCHEMA_MISMATCH in str(exc)
 
 
 def _foreign_is_transient(exc: BaseException) -> bool:
@@ -142,7 +150,8 @@ def is_misconfigured(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "").startswith(MISCONFIGURED_SQLSTATES)
-    return str(getattr(exc, "error_code", "")) in MISCONFIGURED_MLFLOW_CODES
+    return (str(getattr(exc, "error_code", "")) in MISCONFIGURED_MLFLOW_CODES
+            or _mlflow_store_mismatch(exc))
 
 
 def translate(exc: BaseException, what: str) -> DaemonError:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from daemon.commands import FAILURES, fail, iso, local_time, one_line, printable
+from daemon.commands import FAILURES, explain, fail, iso, local_time, one_line, printable
 from daemon.config import Settings
 from daemon.database import Database, sql
 from daemon.health import STALE_S
@@ -57,6 +57,15 @@ def summarize(settings: Settings, rows: Sequence[Mapping[str, Any]],
     return {"zones": zones, "dependencies": {
         name: dependency([r for r in health if r["dependency"] == name],
                          (waiting or {}).get(name, 0)) for name in DEPENDENCIES}}
+
+
+def unreachable(settings: Settings, exc: BaseException) -> dict[str, Any]:
+    """`status --json` when this command itself cannot reach Postgres: the ledger and the
+    daemons' reports are there, so only Postgres is known (down, as seen from here)."""
+    dependencies = summarize(settings, [])["dependencies"]
+    message = explain(exc, settings)[0].split("\n")[0]  # the hint goes to stderr
+    dependencies["postgres"].update(up=False, last_error=message)
+    return {"zones": {}, "dependencies": dependencies}
 
 
 def dependency(rows: Sequence[Mapping[str, Any]], waiting_files: int) -> dict[str, Any]:
@@ -157,7 +166,9 @@ async def run(settings: Settings, as_json: bool) -> int:
             health = await db.pool.fetch(sql("health_rows"), STALE_S)
             waiting = await db.pool.fetch(sql("health_waiting"), list(WAITS_AT),
                                           list(WAITS_AT.values()))
-    except FAILURES as exc:
+    except FAILURES as exc:  # Postgres unreachable: said on stderr, and in the JSON
+        if as_json:
+            print(json.dumps(unreachable(settings, exc), indent=2, ensure_ascii=False))
         return fail(exc, settings, "status")
     summary = summarize(settings, rows, details, health,
                         {r["dependency"]: int(r["files"]) for r in waiting})

@@ -54,3 +54,17 @@ def test_health_rows_are_the_breakers_as_they_are() -> None:
                                            [None, "mlflow: refused"])
     assert since[1] == datetime.fromtimestamp(down.changed_at, UTC)
     down.forget()
+
+
+def test_status_json_says_postgres_is_unreachable_when_it_cannot_connect(tmp_path: Path) -> None:
+    """When `status` cannot reach Postgres, its JSON says so (one line, no hint) and knows
+    nothing else: no zone counts, the other dependencies unknown."""
+    from daemon.commands.status import unreachable
+    from daemon.errors import DependencyError
+
+    settings = settings_for(tmp_path, "postgresql://u@h:1/db")
+    summary = unreachable(settings, DependencyError("postgres: ConnectionRefusedError: no"))
+    postgres = summary["dependencies"]["postgres"]
+    assert postgres["up"] is False and postgres["last_error"].startswith("cannot use the")
+    assert "\n" not in postgres["last_error"]
+    assert summary["zones"] == {} and summary["dependencies"]["mlflow"]["up"] is None
