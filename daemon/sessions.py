@@ -88,11 +88,14 @@ class Sessions:
         policy = self.mlflow_policy if dependency == "mlflow" else self.policy
         return await self._guarded(dependency, policy.call, what, fn, *args)
 
-    async def _guarded(self, dependency: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """`fn(*args)` through the dependency's breaker, its log lines naming the dependency
+    async def _guarded(self, dependency: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                       gate: bool = True) -> T:
+        """`fn(*args)` through the dependency's breaker (`gate=False`: tried even while it is
+        open, its outcome still counted), its log lines naming the dependency
         (daemon.logs.fold folds them while it is down)."""
         breaker = self.breakers[dependency]
-        breaker.check()
+        if gate:
+            breaker.check()
         try:
             with about(dependency):
                 result = await fn(*args)
@@ -193,15 +196,18 @@ class Sessions:
     async def probe_store(self) -> PutResult:
         """Put and read back a probe object; a delete refused (no s3:DeleteObject, which
         processing files does not need) leaves it behind, said once, rather than failing."""
-        return await self._guarded("objects", probe_store, self.store, self.policy, False)
+        return await self._guarded("objects", probe_store, self.store, self.policy, False,
+                                   gate=False)
 
     async def probe_database(self) -> dict[str, Any]:
         return await self._call("postgres", "query", server_facts, self.db.pool)
 
     async def probe_mlflow(self) -> str:
-        """Through the breaker: a daemon waiting for MLflow at start-up probes it as often as
-        the breaker lets, and its lines fold like any other call's."""
-        return await self._guarded("mlflow", probe_mlflow, self.tracking, self.mlflow_policy)
+        """Counted by the breaker, and its lines folded like any other call's, but tried even
+        while the breaker is open: a daemon waiting at start-up is ready as soon as MLflow is
+        back, not after the breaker's cool-down."""
+        return await self._guarded("mlflow", probe_mlflow, self.tracking, self.mlflow_policy,
+                                   gate=False)
 
 
 async def probe_store(store: ObjectStore, policy: RetryPolicy,
