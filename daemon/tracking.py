@@ -185,15 +185,24 @@ def verify_store(settings: MlflowSettings) -> None:
 def upgrade_sqlite_store(path: Path) -> None:
     """In the MLflow process: a store written by an older MLflow is migrated to this one's
     schema, as `mlflow db upgrade` does, after a copy of it is kept beside it (`<name>.<old
-    revision>.bak`: the way back to the older MLflow). Else MLflow refuses it for good."""
-    found, migrations = store_revision(path), installed_migrations()
-    if found is None or migrations is None or found == migrations.head:
-        return
-    if found not in migrations.known:
-        raise Misconfigured(newer_store(path, found, migrations))  # files wait
-    backup = path.with_name(f"{path.name}.{found}.bak")
-    with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(backup)) as copy:
-        source.backup(copy)  # consistent even while another process writes
+    revision>.bak`: the way back to the older MLflow). Else MLflow refuses it for good.
+    Under the store's lock: two daemons starting at once upgrade it once."""
+    with exclusive(path.with_name(f"{path.name}.lock")):
+        found, migrations = store_revision(path), installed_migrations()
+        if found is None or migrations is None or found == migrations.head:
+            return
+        if found not in migrations.known:
+            raise Misconfigured(newer_store(path, found, migrations))  # files wait
+        backup = path.with_name(f"{path.name}.{found}.bak")
+        with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(backup)) as copy:
+            source.backup(copy)  # consistent even while another process writes
+        _upgrade(path)
+    log.warning("mlflow_store_upgraded", store=str(path), revision=found, to=migrations.head,
+                mlflow=migrations.version, backup=str(backup))
+
+
+def _upgrade(path: Path) -> None:
+    """What `mlflow db upgrade` does (MLflow's alembic migrations, up to its head)."""
     import sqlalchemy
     from mlflow.store.db.utils import _upgrade_db
 
@@ -202,8 +211,6 @@ def upgrade_sqlite_store(path: Path) -> None:
         _upgrade_db(engine)  # type: ignore[no-untyped-call]
     finally:
         engine.dispose()
-    log.warning("mlflow_store_upgraded", store=str(path), revision=found, to=migrations.head,
-                mlflow=migrations.version, backup=str(backup))
 
 
 def init_sqlite_store(path: Path) -> None:
