@@ -11,8 +11,11 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -26,6 +29,10 @@ _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD", "MLFL
                "MLFLOW_TRACKING_PASSWORD")
 _QUIET = ("mlflow", "alembic", "botocore", "aiobotocore", "urllib3", "pgserver", "asyncio",
           "watchfiles")
+SUMMARY_EVERY_S = 60.0  # while a dependency is down, its warnings fold into one line this often
+_FOLDED_LEVELS = frozenset({"warning", "error", "critical"})
+_OUTAGE_EVENTS = frozenset({"dependency_down", "dependency_refuses", "dependency_recovered",
+                            "dependency_still_down"})
 _secrets: set[str] = set()
 _setup: tuple[str, Format, str] = ("info", "auto", "stdout")  # as `configure` was last called
 
@@ -75,6 +82,56 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+# -- folding: one line when a dependency goes down, one a minute while it stays down ------------
+
+@dataclass
+class Outage:
+    since: float  # monotonic
+    summarised: float  # when the last summary line went out (or the outage began)
+    suppressed: int = 0  # lines folded since then
+
+
+_outages: dict[str, Outage] = {}
+
+
+def outage_began(dependency: str) -> None:
+    """From now on, warnings about `dependency` are folded (the breaker said it is down)."""
+    now = time.monotonic()
+    _outages.setdefault(dependency, Outage(now, now))
+
+
+def outage_ended(dependency: str) -> int:
+    """Stop folding; returns how many lines were folded since the last summary."""
+    outage = _outages.pop(dependency, None)
+    return outage.suppressed if outage is not None else 0
+
+
+@contextmanager
+def about(dependency: str) -> Iterator[None]:
+    """Every line logged inside (retries included) names `dependency`, so it can be folded."""
+    with structlog.contextvars.bound_contextvars(dependency=dependency):
+        yield
+
+
+def fold(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: while a dependency is down, the warnings that name it (`retrying`,
+    `not_ready`, `tracking_failed`, ... every few seconds each) are dropped and counted; at
+    most every SUMMARY_EVERY_S one goes out as `dependency_still_down` with that count."""
+    outage = _outages.get(str(event.get("dependency")))
+    if (outage is None or event.get("level") not in _FOLDED_LEVELS
+            or event.get("event") in _OUTAGE_EVENTS):
+        return event
+    outage.suppressed += 1
+    now = time.monotonic()
+    if now - outage.summarised < SUMMARY_EVERY_S:
+        raise structlog.DropEvent
+    event["last_event"] = event.get("event")
+    event.update(event="dependency_still_down", suppressed=outage.suppressed,
+                 down_s=round(now - outage.since))
+    outage.summarised, outage.suppressed = now, 0
+    return event
+
+
 def _shared() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -110,7 +167,7 @@ def configure(level: str = "info", fmt: Format = "auto", stream: TextIO | None =
     warnings.filterwarnings("ignore", message="SOCKS support in urllib3")  # we use no proxy
     _quiet(_QUIET)
     structlog.configure(
-        processors=[*_shared(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_shared(), fold, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

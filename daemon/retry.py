@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -35,7 +35,7 @@ from daemon.errors import (
     PermanentError,
     TransientError,
 )
-from daemon.logs import get_logger
+from daemon.logs import get_logger, outage_began, outage_ended
 
 T = TypeVar("T")
 log = get_logger("dropzone.retry")
@@ -57,6 +57,7 @@ MISCONFIGURED_S3_CODES = frozenset({
 # invalid authorization (bad password, no such role), insufficient privilege, undefined database
 MISCONFIGURED_SQLSTATES = ("28", "42501", "3D000")
 MISCONFIGURED_MLFLOW_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
+MLFLOW_SCHEMA_MISMATCH = "Detected out-of-date database schema"
 # connection exception, transaction rollback (serialization, deadlock), insufficient resources
 # (too many connections), operator intervention (shutdown, cancel), system error
 TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
@@ -77,7 +78,14 @@ def _s3_is_transient(exc: boto.ClientError) -> bool:
 
 def _mlflow_is_transient(exc: BaseException) -> bool:
     code = str(getattr(exc, "error_code", ""))
-    return code in TRANSIENT_MLFLOW_CODES or "Max retries exceeded" in str(exc)
+    return not _mlflow_store_mismatch(exc) and (
+        code in TRANSIENT_MLFLOW_CODES or "Max retries exceeded" in str(exc))
+
+
+def _mlflow_store_mismatch(exc: BaseException) -> bool:
+    """MLflow's database store was made by another MLflow version (INTERNAL_ERROR, which we
+    would retry forever): someone must upgrade the store or MLflow, as the message says."""
+    return type(exc).__module__.startswith("mlflow") and MLFLOW_SCHEMA_MISMATCH in str(exc)
 
 
 def _foreign_is_transient(exc: BaseException) -> bool:
@@ -142,7 +150,8 @@ def is_misconfigured(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "").startswith(MISCONFIGURED_SQLSTATES)
-    return str(getattr(exc, "error_code", "")) in MISCONFIGURED_MLFLOW_CODES
+    return (str(getattr(exc, "error_code", "")) in MISCONFIGURED_MLFLOW_CODES
+            or _mlflow_store_mismatch(exc))
 
 
 def translate(exc: BaseException, what: str) -> DaemonError:
@@ -283,7 +292,8 @@ NO_RETRY = RetryPolicy(attempts=1, deadline_s=0.0)
 class Breaker:
     """Notices a dependency that is down or refusing, so files wait instead of spending their
     retry budget; after a growing cool-down the next calls try again. One log line when it
-    opens, one when it closes."""
+    opens, one when it closes, and (daemon.logs.fold) a summary a minute in between.
+    `listener` hears of every change (daemon.health writes it where `status` reads it)."""
 
     name: str
     threshold: int = 3  # consecutive failed calls (each already retried) before it opens
@@ -293,7 +303,9 @@ class Breaker:
     since: float | None = None  # when it opened (monotonic)
     retry_at: float = 0.0
     refused: bool = False  # the dependency answered, and refuses everything (misconfigured)
-    reason: str = ""
+    reason: str = ""  # the last error that counted (kept once it closes: the last error seen)
+    changed_at: float = field(default_factory=time.time)  # wall clock of the last open or close
+    listener: Callable[[Breaker], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_open(self) -> bool:
@@ -313,17 +325,19 @@ class Breaker:
     def succeeded(self) -> None:
         if self.since is not None and time.monotonic() < self.retry_at:
             return  # a call that started before it opened proves nothing
+        self.failures = 0
         if self.since is not None:
             log.warning("dependency_recovered", dependency=self.name,
-                        down_s=round(self.down_s(), 1))
-        self.failures, self.since, self.refused = 0, None, False
+                        down_s=round(self.down_s(), 1), folded=outage_ended(self.name))
+            self.since, self.refused, self.changed_at = None, False, time.time()
+            self._changed()
 
     def failed(self, error: DaemonError) -> None:
         self.failures += 1
         refused = isinstance(error, Misconfigured)
         if self.failures < self.threshold and not refused:
             return
-        opening = self.since is None
+        opening, changing = self.since is None, refused != self.refused
         now = time.monotonic()
         self.since, self.refused, self.reason = self.since or now, refused, str(error)
         # probe less often the longer it has been down (not the more callers failed at once)
@@ -333,4 +347,15 @@ class Breaker:
             log.error("dependency_refuses" if refused else "dependency_down",
                       dependency=self.name, error=str(error),
                       effect="files wait in their zones; nothing is quarantined for this")
+            outage_began(self.name)
+            self.changed_at = time.time()
+        if opening or changing:
+            self._changed()
 
+    def forget(self) -> None:
+        """Its sessions are closing: stop folding its lines (this process may go on)."""
+        outage_ended(self.name)
+
+    def _changed(self) -> None:
+        if self.listener is not None:
+            self.listener(self)

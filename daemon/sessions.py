@@ -25,7 +25,8 @@ from daemon import pgcopy
 from daemon.config import Settings
 from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
-from daemon.logs import get_logger
+from daemon.health import Health
+from daemon.logs import about, get_logger
 from daemon.objectstore import ObjectStore, PutResult, open_store, preload_sdk
 from daemon.retry import Breaker, RetryPolicy, describe
 from daemon.tracking import Tracking
@@ -42,7 +43,10 @@ class Sessions:
     """Object store, Postgres and MLflow behind one async context manager."""
 
     def __init__(self, settings: Settings, policy: RetryPolicy | None = None,
-                 mlflow_policy: RetryPolicy | None = None) -> None:
+                 mlflow_policy: RetryPolicy | None = None, health_owner: str | None = None
+                 ) -> None:
+        """`health_owner`: record the dependencies' health for `status` under this name (the
+        daemon does; other users of the sessions need not)."""
         self.settings = settings
         self.policy = policy or RetryPolicy()
         self.mlflow_policy = mlflow_policy or self.policy
@@ -51,6 +55,7 @@ class Sessions:
         self.tracking = Tracking(settings.mlflow, settings.state_dir)
         self._store: ObjectStore | None = None
         self.breakers = {name: Breaker(name) for name in DEPENDENCIES}
+        self.health = Health(health_owner, self.breakers) if health_owner else None
 
     async def __aenter__(self) -> Sessions:
         try:
@@ -58,6 +63,10 @@ class Sessions:
             sdk = asyncio.ensure_future(preload_sdk(self.settings.storage))
             self._stack.callback(sdk.cancel)
             await self._stack.enter_async_context(self.db)
+            self._stack.callback(self._forget_outages)
+            if self.health is not None:
+                self.health.start(self.db.pool)
+                self._stack.push_async_callback(self.health.stop, self.db.pool)
             await sdk
             self._store = await open_store(self.settings.storage, self._stack)
         except BaseException:
@@ -69,14 +78,27 @@ class Sessions:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self._stack.aclose()
 
+    def _forget_outages(self) -> None:
+        for breaker in self.breakers.values():
+            breaker.forget()
+
     async def _call(self, dependency: str, what: str, fn: Callable[..., Awaitable[T]],
                     *args: Any) -> T:
         """One call to a dependency: through its breaker, under its retry policy."""
-        breaker = self.breakers[dependency]
-        breaker.check()
         policy = self.mlflow_policy if dependency == "mlflow" else self.policy
+        return await self._guarded(dependency, policy.call, what, fn, *args)
+
+    async def _guarded(self, dependency: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                       gate: bool = True) -> T:
+        """`fn(*args)` through the dependency's breaker (`gate=False`: tried even while it is
+        open, its outcome still counted), its log lines naming the dependency
+        (daemon.logs.fold folds them while it is down)."""
+        breaker = self.breakers[dependency]
+        if gate:
+            breaker.check()
         try:
-            result = await policy.call(what, fn, *args)
+            with about(dependency):
+                result = await fn(*args)
         except DaemonError as exc:
             exc.dependency = exc.dependency or dependency
             if isinstance(exc, TransientError | Misconfigured):
@@ -174,13 +196,18 @@ class Sessions:
     async def probe_store(self) -> PutResult:
         """Put and read back a probe object; a delete refused (no s3:DeleteObject, which
         processing files does not need) leaves it behind, said once, rather than failing."""
-        return await probe_store(self.store, self.policy, must_delete=False)
+        return await self._guarded("objects", probe_store, self.store, self.policy, False,
+                                   gate=False)
 
     async def probe_database(self) -> dict[str, Any]:
         return await self._call("postgres", "query", server_facts, self.db.pool)
 
     async def probe_mlflow(self) -> str:
-        return await probe_mlflow(self.tracking, self.mlflow_policy)
+        """Counted by the breaker, and its lines folded like any other call's, but tried even
+        while the breaker is open: a daemon waiting at start-up is ready as soon as MLflow is
+        back, not after the breaker's cool-down."""
+        return await self._guarded("mlflow", probe_mlflow, self.tracking, self.mlflow_policy,
+                                   gate=False)
 
 
 async def probe_store(store: ObjectStore, policy: RetryPolicy,

@@ -72,7 +72,7 @@ async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:
 def report_loop_error(event: str, exc: DaemonError, **fields: Any) -> None:
     """A background loop failed once; it tries again. A known outage was logged already."""
     level = log.debug if isinstance(exc, DependencyDown) else log.warning
-    level(event, error=str(exc), **fields)
+    level(event, error=str(exc), dependency=exc.dependency, **fields)  # folded while it is down
 
 
 def batches(rows: list[FileRow]) -> list[list[FileRow]]:
@@ -268,7 +268,8 @@ class Supervisor:
         embedder = self._embedder()
         try:
             with closing(embedder):
-                async with self._metrics(), Sessions(self.settings) as sessions:
+                async with self._metrics(), Sessions(self.settings,
+                                                     health_owner=self.owner) as sessions:
                     env = self._env(sessions, embedder)
                     return await (self._run_once(env) if self.once else self._run_daemon(env))
         except (DaemonError, BaseExceptionGroup) as exc:

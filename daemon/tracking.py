@@ -10,17 +10,23 @@ MLflow's own HTTP retries are switched off: our retry policy is the only one.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import re
+import sqlite3
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from daemon import failpoints, workers
 from daemon.config import MlflowSettings
-from daemon.errors import PermanentError, TransientError
+from daemon.errors import DependencyError, Misconfigured, PermanentError, TransientError
 from daemon.files import exclusive
 from daemon.logs import adopt, credential, get_logger, read_secret
 from daemon.retry import translate
@@ -84,6 +90,129 @@ def _connect_quietly() -> None:
         log.warning("mlflow_not_ready", error=str(exc)[:300])
 
 
+# -- the store's schema against the installed MLflow's (read without importing MLflow) --------
+
+_REVISION = re.compile(r"^revision\b[^=]*=\s*['\"](\w+)['\"]", re.M)
+_DOWN_REVISION = re.compile(r"^down_revision\b[^=]*=(.*)$", re.M)
+_QUOTED = re.compile(r"['\"](\w+)['\"]")
+_VERSION = re.compile(r"^VERSION\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """The installed MLflow's version and the store schema revisions it knows (`head` last)."""
+
+    version: str
+    head: str
+    known: frozenset[str]
+
+
+def installed_migrations() -> Migrations | None:
+    """Read from MLflow's alembic scripts as text: importing MLflow would cost the daemon's
+    process 2-3 s of CPU (see the module docstring). None if they cannot be read."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (root / "store" / "db_migrations" / "versions").glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        revisions.update([revision.group(1)] if revision else [])
+        parents.update(_QUOTED.findall(down.group(1)) if down else [])
+    version = _VERSION.search((root / "version.py").read_text(encoding="utf-8"))
+    heads = revisions - parents
+    if version is None or len(heads) != 1:
+        return None
+    return Migrations(version.group(1), heads.pop(), frozenset(revisions))
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith(
+        "sqlite:///") else None
+
+
+def store_revision(path: Path) -> str | None:
+    """The schema revision MLflow's migrations wrote into a sqlite store (read only); None if
+    there is no store there yet, or it is not one (MLflow itself then says what is wrong)."""
+    if not path.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                     timeout=10)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return str(row[0]) if row else None
+
+
+def store_problem(settings: MlflowSettings) -> str | None:
+    """Why the installed MLflow cannot open the configured sqlite store, on one line; None if
+    it can, or if only MLflow can tell (a server, another database). An older store is fine:
+    `connect` upgrades it."""
+    path = sqlite_path(settings.tracking_uri)
+    found = store_revision(path) if path is not None else None
+    migrations = installed_migrations() if found is not None else None
+    if path is None or found is None or migrations is None or found in migrations.known:
+        return None
+    return newer_store(path, found, migrations)
+
+
+def newer_store(path: Path, found: str, migrations: Migrations) -> str:
+    return (f"mlflow: the store {path} was written by a newer MLflow (schema revision {found}"
+            f"); the installed MLflow {migrations.version} knows revisions up to "
+            f"{migrations.head}: upgrade MLflow ({sys.executable} -m pip install -U "
+            f"'mlflow-skinny>{migrations.version}') or {_way_back(path, migrations)}")
+
+
+def _way_back(path: Path, migrations: Migrations) -> str:
+    """The newest copy `upgrade_sqlite_store` kept that this MLflow can open, if any."""
+    kept = sorted((copy for copy in path.parent.glob(f"{path.name}.*.bak")
+                   if copy.name.rsplit(".", 2)[-2] in migrations.known),
+                  key=lambda copy: copy.stat().st_mtime)
+    return f"put back {kept[-1]}, the copy kept before it was upgraded" if kept else (
+        "restore a backup of it made before")
+
+
+def verify_store(settings: MlflowSettings) -> None:
+    """Refuse, once and for good, a store this MLflow cannot open: retrying cannot help."""
+    problem = store_problem(settings)
+    if problem is not None:
+        raise DependencyError(problem)
+
+
+def upgrade_sqlite_store(path: Path) -> None:
+    """In the MLflow process: a store written by an older MLflow is migrated to this one's
+    schema, as `mlflow db upgrade` does, after a copy of it is kept beside it (`<name>.<old
+    revision>.bak`: the way back to the older MLflow). Else MLflow refuses it for good.
+    Under the store's lock: two daemons starting at once upgrade it once."""
+    with exclusive(path.with_name(f"{path.name}.lock")):
+        found, migrations = store_revision(path), installed_migrations()
+        if found is None or migrations is None or found == migrations.head:
+            return
+        if found not in migrations.known:
+            raise Misconfigured(newer_store(path, found, migrations))  # files wait
+        backup = path.with_name(f"{path.name}.{found}.bak")
+        with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(backup)) as copy:
+            source.backup(copy)  # consistent even while another process writes
+        _upgrade(path)
+    log.warning("mlflow_store_upgraded", store=str(path), revision=found, to=migrations.head,
+                mlflow=migrations.version, backup=str(backup))
+
+
+def _upgrade(path: Path) -> None:
+    """What `mlflow db upgrade` does (MLflow's alembic migrations, up to its head)."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _upgrade_db
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        _upgrade_db(engine)  # type: ignore[no-untyped-call]
+    finally:
+        engine.dispose()
+
+
 def init_sqlite_store(path: Path) -> None:
     """Create a new sqlite store beside its place, then rename it in: a first start killed while
     MLflow creates its tables must not leave a half-made store that MLflow refuses to open."""
@@ -108,6 +237,7 @@ class Tracking:
         self.settings = settings
         self.state_dir = state_dir
         token_from_credentials()
+        verify_store(settings)
         self.generation = 0  # how many MLflow processes this daemon has started
         self._executor = self._spawn()
         self.warmup: Future[None] | None = None
@@ -158,7 +288,9 @@ class Tracking:
 
         adopt("mlflow")
         if self.settings.tracking_uri.startswith("sqlite:///"):
-            init_sqlite_store(Path(self.settings.tracking_uri.removeprefix("sqlite:///")))
+            store = Path(self.settings.tracking_uri.removeprefix("sqlite:///"))
+            init_sqlite_store(store)
+            upgrade_sqlite_store(store)
         client = MlflowClient(tracking_uri=self.settings.tracking_uri)
         self._experiment_id = self._experiment(client)
         self._client = client

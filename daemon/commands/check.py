@@ -29,7 +29,7 @@ from daemon.objectstore import ObjectStore, S3Store, open_store
 from daemon.retry import RetryPolicy, describe
 from daemon.sessions import probe_mlflow, probe_store
 from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK
-from daemon.tracking import Tracking
+from daemon.tracking import Tracking, store_problem
 
 OK, WARN, FAIL, NA = "ok", "warn", "FAIL", "n/a"
 EXIT_ZONE = 4  # a zone folder, or its done or quarantine folder, is unusable
@@ -230,6 +230,9 @@ def clock_verdict(skew_s: float, ms: float | None = None) -> Line:
 
 async def mlflow_lines(settings: Settings) -> list[Line]:
     watch = Stopwatch()
+    problem = store_problem(settings.mlflow)
+    if problem is not None:  # says what to do itself: MLFLOW_HINT would mislead
+        return [Line("mlflow", FAIL, problem, watch.ms)]
     tracking = Tracking(settings.mlflow, settings.state_dir)
     try:
         experiment = await probe_mlflow(tracking, RetryPolicy(attempts=2, deadline_s=30))

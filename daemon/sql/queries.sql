@@ -335,3 +335,41 @@ UPDATE dz_files
        updated_at = now()
  WHERE id = $1 AND stage = 'quarantined'
 RETURNING id;
+
+-- health (daemon/health.py, `status`) -----------------------------------------------------------
+
+-- name: health_record
+-- A daemon's dependencies as it sees them now ($1 its owner id; arrays of dependency, up,
+-- last error, since). Rows nobody refreshed for a day are a dead daemon's: dropped here.
+WITH gone AS (
+    DELETE FROM dz_health WHERE updated_at < now() - interval '1 day' AND owner <> $1
+)
+INSERT INTO dz_health (owner, dependency, up, error, since, updated_at)
+SELECT $1, d, u, e, s, now()
+  FROM unnest($2::text[], $3::boolean[], $4::text[], $5::timestamptz[]) AS t (d, u, e, s)
+ON CONFLICT (owner, dependency) DO UPDATE
+   SET up = EXCLUDED.up, error = EXCLUDED.error, since = EXCLUDED.since, updated_at = now();
+
+-- name: health_forget
+DELETE FROM dz_health WHERE owner = $1;
+
+-- name: health_rows
+-- `status`: the rows of daemons that are alive: refreshed in the last $1 seconds, or holding
+-- claims (a daemon busy past its refresh). Older rows are a dead daemon's and are not shown.
+SELECT owner, dependency, up, error, since,
+       EXTRACT(EPOCH FROM now() - since)::float8 AS for_s
+  FROM dz_health
+ WHERE updated_at > now() - make_interval(secs => $1)
+    OR owner IN (SELECT claimed_by FROM dz_files WHERE claimed_by IS NOT NULL)
+ ORDER BY dependency, since;
+
+-- name: health_waiting
+-- `status`: per dependency ($1) the files not at their end that wait for it: at the stage that
+-- needs it ($2, same order), or waiting for a retry after an error that names it.
+SELECT d.dependency, count(f.id) AS files
+  FROM unnest($1::text[], $2::text[]) AS d (dependency, stage)
+  LEFT JOIN dz_files AS f
+    ON f.stage IN ('hash', 'upload', 'store', 'track', 'finish')
+   AND (f.stage = d.stage
+        OR (f.next_attempt_at > now() AND f.last_error LIKE d.dependency || ' unavailable%'))
+ GROUP BY d.dependency;

@@ -92,3 +92,17 @@ INSERT INTO dz_schema (version) VALUES (2) ON CONFLICT DO NOTHING;
 -- right after these statements; the chunk's doc_type filter uses this index on real[] too.
 CREATE INDEX IF NOT EXISTS document_embeddings_model ON document_embeddings (model, doc_type);
 INSERT INTO dz_schema (version) VALUES (3) ON CONFLICT DO NOTHING;
+
+-- version 4: each running daemon's view of its dependencies (its breakers: up or down, the
+-- last error, since when), written at each change and refreshed every half-minute, for
+-- `status`, which runs in another process. A daemon deletes its rows when it stops.
+CREATE TABLE IF NOT EXISTS dz_health (
+    owner       text        NOT NULL,
+    dependency  text        NOT NULL,
+    up          boolean     NOT NULL,
+    error       text,
+    since       timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, dependency)
+);
+INSERT INTO dz_schema (version) VALUES (4) ON CONFLICT DO NOTHING;
