@@ -174,12 +174,15 @@ def test_a_zone_replaced_by_another_folder_is_adopted_after_one_line(
 
 
 def test_a_rescan_through_a_link_takes_nothing(tmp_path: Path, logged: Recorder) -> None:
-    """Files behind a link at the zone's path are never offered, not even at the first scan."""
+    """Files behind a link swapped in at the zone's path are never offered. (A zone configured
+    as a link is resolved at load, so the link can only appear later.)"""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "precious.txt").write_text("stays")
-    (tmp_path / "zone").symlink_to(elsewhere)
+    (tmp_path / "zone").mkdir()
     zone = ZoneWatcher(zone_at(tmp_path / "zone"), ledger=None)  # type: ignore[arg-type]
+    (tmp_path / "zone").rmdir()
+    (tmp_path / "zone").symlink_to(elsewhere)
     asyncio.run(zone.rescan())
     assert not len(zone.settler)
     assert len(logged.named("zone_replaced")) == 1
