@@ -1,4 +1,4 @@
-"""Shared fixtures: real Postgres, S3 over HTTP (moto server), MLflow stores and server.
+"""Shared fixtures: real Postgres, a real S3 server (SeaweedFS), MLflow stores and server.
 
 Postgres is the server in DZ_TEST_DATABASE_URL when set, else an embedded pgserver started once
 per session; every test that needs a database gets a fresh one on that server.
@@ -23,6 +23,7 @@ import pytest
 
 from daemon.database import with_database
 from tests.helpers import free_port
+from tests.seaweed import SeaweedFS
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-key-id",
@@ -48,7 +49,7 @@ def mlflow_preload() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def aws_env() -> Iterator[None]:
-    """Fake AWS credentials for moto; the daemon finds them through the standard chain."""
+    """The test S3 server's credentials; the daemon finds them through the standard chain."""
     saved = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
     yield
@@ -91,19 +92,14 @@ def database_url(pg_server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """moto in server mode, over real HTTP (aioboto3 cannot use the in-process mock)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    """A real S3 server (SeaweedFS): it verifies signatures and checksums, as AWS does."""
+    with SeaweedFS(AWS_ENV["AWS_ACCESS_KEY_ID"], AWS_ENV["AWS_SECRET_ACCESS_KEY"]) as server:
+        yield server.endpoint
 
 
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
-    """A new, empty bucket on the moto server."""
+    """A new, empty bucket on the S3 server."""
     name = f"dz-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
         Bucket=name)

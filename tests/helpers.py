@@ -92,7 +92,7 @@ def write_config(folder: Path, *, zones: list[dict[str, Any]] | None = None,
 
 def s3_config(folder: Path, database_url: str | dict[str, Any], s3_endpoint: str, bucket: str,
               **sections: Any) -> Path:
-    """A config on S3 (moto) and the test database, with a short MLflow window."""
+    """A config on S3 (SeaweedFS) and the test database, with a short MLflow window."""
     sections.setdefault("mlflow", {"window_s": 0.5})
     return write_config(folder, database=database_url, storage=s3_storage(s3_endpoint, bucket),
                         **sections)

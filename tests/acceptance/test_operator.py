@@ -1,5 +1,5 @@
 """Operator commands as a user runs them: `quarantine list | show | retry`, `status` and
-`check`, each a `python -m daemon` subprocess against real S3 (moto), Postgres and MLflow."""
+`check`, each a `python -m daemon` subprocess against real S3 (SeaweedFS), Postgres and MLflow."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`check`'s clock against a real S3 endpoint (moto over HTTP), refusals included."""
+"""`check`'s clock against a real S3 endpoint (SeaweedFS), refusals included."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The whole pipeline in-process (`--once`), against S3 on moto, Postgres and MLflow."""
+"""The whole pipeline in-process (`--once`), against S3 on SeaweedFS, Postgres and MLflow."""
 
 from __future__ import annotations
 

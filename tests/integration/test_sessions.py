@@ -1,4 +1,4 @@
-"""Sessions: the one pool, against real S3 (moto over HTTP), Postgres and MLflow."""
+"""Sessions: the one pool, against real S3 (SeaweedFS), Postgres and MLflow."""
 
 from __future__ import annotations
 
