@@ -398,6 +398,8 @@ class ZoneWatcher:
 
     def watch_failed(self, exc: Exception, retry_s: float) -> None:
         """Say why the watch broke, once for each new reason."""
+        while isinstance(exc, ExceptionGroup):  # the watch runs in a task group: name the cause
+            exc = exc.exceptions[0]
         error = f"{type(exc).__name__}: {exc}"
         if error == self._failure:
             return
