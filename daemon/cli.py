@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 from daemon import __version__, config, logs
 from daemon.commands import check, quarantine, reembed, search, status
 from daemon.config import DEFAULT_CONFIG, Settings
-from daemon.errors import ConfigError
+from daemon.errors import EXIT_USAGE, ConfigError
 from daemon.search import Query
-from daemon.supervisor import EXIT_USAGE, Supervisor
 
 if TYPE_CHECKING:
     from daemon.progress import Progress
@@ -275,6 +274,8 @@ def _quarantine(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.supervisor import Supervisor  # only running needs it: commands start faster
+
     path = find_config(args.config).absolute()  # read again on SIGHUP
     return Supervisor(settings, once=args.once, config_path=path, progress=args.progress).run()
 

@@ -7,6 +7,13 @@ Driver errors (botocore, asyncpg, MLflow, OSError) are translated into these at 
 
 from __future__ import annotations
 
+# Exit codes of every command, beside the errors they report (arq-style `--check` codes).
+EXIT_OK = 0
+EXIT_QUARANTINED = 1  # --once: some files were quarantined (the rest are stored)
+EXIT_USAGE = 2  # the command line or the config is wrong
+EXIT_DEPENDENCY = 3  # a dependency could not be reached, refused, or stayed away
+EXIT_INTERRUPTED = 130  # stopped by a signal before the work was done (as a shell says SIGINT)
+
 
 class DaemonError(Exception):
     """Base of every error the daemon raises on purpose."""

@@ -29,6 +29,11 @@ from daemon.config import Settings
 from daemon.embedders import create as create_embedder
 from daemon.embedders.pool import EmbedPool
 from daemon.errors import (
+    EXIT_DEPENDENCY,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUARANTINED,
+    EXIT_USAGE,
     ConfigError,
     DaemonError,
     DependencyDown,
@@ -57,7 +62,6 @@ READY_RETRY_S = 5.0  # a dependency that did not answer at start-up is asked aga
 PULSE_S = 5.0  # how often systemd's STATUS line is brought up to date
 INTERRUPTED_GRACE_S = 1.0  # an interrupted --once waits this long for in-flight files
 FORCED_EXIT_S = 3.0  # after a second signal, the process ends within this, closed or not
-EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, EXIT_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:

@@ -14,10 +14,9 @@ from datetime import datetime
 import asyncpg
 
 from daemon.config import Settings
-from daemon.errors import ConfigError, DaemonError, DependencyError
+from daemon.errors import EXIT_DEPENDENCY, EXIT_USAGE, ConfigError, DaemonError, DependencyError
 from daemon.logs import redact_text
 from daemon.retry import describe
-from daemon.supervisor import EXIT_DEPENDENCY, EXIT_USAGE
 
 DATABASE_HINT = ("check that the server runs and accepts connections from this host,\n"
                  "that database.url (host, port, user, database) is right, and that the\n"

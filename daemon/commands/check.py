@@ -23,12 +23,11 @@ from typing import Any
 from daemon.commands import explain
 from daemon.config import Settings, ZoneSettings
 from daemon.database import Database, server_facts, sql
-from daemon.errors import DaemonError
+from daemon.errors import EXIT_DEPENDENCY, EXIT_OK, DaemonError
 from daemon.logs import redact_text
 from daemon.objectstore import ObjectStore, S3Store, open_store
 from daemon.retry import RetryPolicy, describe
 from daemon.sessions import probe_mlflow, probe_store
-from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK
 from daemon.tracking import Tracking, store_problem
 
 OK, WARN, FAIL, NA = "ok", "warn", "FAIL", "n/a"

@@ -30,10 +30,10 @@ import asyncpg
 from daemon.commands import FAILURES, fail, iso, local_time, one_line, printable
 from daemon.config import Settings, ZoneSettings
 from daemon.database import Database, sql
+from daemon.errors import EXIT_OK, EXIT_QUARANTINED
 from daemon.files import is_version
 from daemon.ledger import FileRow, state_of
 from daemon.logs import redact_text
-from daemon.supervisor import EXIT_OK, EXIT_QUARANTINED
 
 REPORT_SUFFIX = ".error.json"
 REASON_WIDTH = 100

@@ -10,9 +10,8 @@ from pydantic import ValidationError
 
 from daemon.commands import fail
 from daemon.config import EmbeddingSettings, Settings
-from daemon.errors import ConfigError, DaemonError
+from daemon.errors import EXIT_OK, EXIT_QUARANTINED, ConfigError, DaemonError
 from daemon.reembed import reembed
-from daemon.supervisor import EXIT_OK, EXIT_QUARANTINED
 
 
 def run(settings: Settings, provider: str | None, model: str | None, zone: str | None,

@@ -10,8 +10,8 @@ from daemon.commands import FAILURES, fail
 from daemon.config import Settings
 from daemon.database import Database
 from daemon.embedders import create as create_embedder
+from daemon.errors import EXIT_OK
 from daemon.search import Hit, Query, search
-from daemon.supervisor import EXIT_OK
 
 
 async def run(settings: Settings, query: Query, as_json: bool) -> int:

@@ -18,11 +18,11 @@ from typing import Any
 from daemon.commands import FAILURES, explain, fail, iso, local_time, one_line, printable
 from daemon.config import Settings
 from daemon.database import Database, sql
+from daemon.errors import EXIT_OK
 from daemon.health import STALE_S
 from daemon.ledger import state_of
 from daemon.logs import redact_text
 from daemon.sessions import DEPENDENCIES
-from daemon.supervisor import EXIT_OK
 
 STATES = ("hash", "upload", "store", "track", "finish", "stored", "duplicate", "vanished",
           "superseded", "quarantined")

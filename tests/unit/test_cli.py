@@ -29,10 +29,9 @@ from daemon.commands.check import (
 from daemon.commands.quarantine import find_copy, move_no_replace, summary
 from daemon.commands.status import human_age, render_table, summarize
 from daemon.config import ZoneSettings
-from daemon.errors import ConfigError, DependencyError
+from daemon.errors import EXIT_DEPENDENCY, EXIT_OK, EXIT_USAGE, ConfigError, DependencyError
 from daemon.ledger import FileRow
 from daemon.objectstore import FileStore
-from daemon.supervisor import EXIT_DEPENDENCY, EXIT_OK, EXIT_USAGE
 from tests.helpers import settings_for
 
 HELP_COMMANDS = [["run"], ["check"], ["status"], ["quarantine"], ["quarantine", "list"],
