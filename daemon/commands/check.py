@@ -10,11 +10,14 @@ should be the user the daemon runs as.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import pwd
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -34,6 +37,9 @@ OK, WARN, FAIL, NA = "ok", "warn", "FAIL", "n/a"
 EXIT_ZONE = 4  # a zone folder, or its done or quarantine folder, is unusable
 EXIT_CLOCK = 5  # the clock is so far off the S3 endpoint's that SigV4 requests are refused
 SKEW_WARN_S = 5.0
+# what S3 endpoints answer to a body that does not match its declared checksum
+CHECKSUM_REFUSALS = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch",
+                               "XAmzContentSHA256Mismatch"})
 SKEW_FAIL_S = 15 * 60.0  # S3 refuses a SigV4 request signed more than 15 minutes off its time
 RWX = os.R_OK | os.W_OK | os.X_OK
 WX = os.W_OK | os.X_OK
@@ -159,9 +165,10 @@ async def objects_lines(settings: Settings) -> list[Line]:
         async with AsyncExitStack() as stack:
             store = await open_store(settings.storage, stack)
             objects = await _objects_line(settings, store, watch, hint)
-            return [objects, await clock_line(store)]
+            return [objects, await clock_line(store), await checksum_line(store)]
     except Exception as exc:
-        return [failed("objects", exc, watch, hint), Line("clock", NA, "S3 not reached")]
+        return [failed("objects", exc, watch, hint), Line("clock", NA, "S3 not reached"),
+                Line("checksum", NA, "S3 not reached")]
 
 
 async def _objects_line(settings: Settings, store: ObjectStore, watch: Stopwatch,
@@ -208,6 +215,37 @@ async def s3_headers(store: S3Store) -> dict[str, str]:
         response = exc.response
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+async def checksum_line(store: ObjectStore) -> Line:
+    """Does the endpoint verify what it is sent? One PUT whose `x-amz-checksum-sha256` names
+    other bytes than its body: AWS (and SeaweedFS) refuse it with BadDigest; an endpoint that
+    stores it checks nothing, and only dropzone's own hashing stands behind the objects."""
+    if not isinstance(store, S3Store):
+        return Line("checksum", NA, "local folder storage: no server to verify checksums")
+    watch, key = Stopwatch(), store.full_key(f".dropzone-check/wrong-checksum-{uuid.uuid4().hex}")
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    try:
+        await asyncio.wait_for(store.client.put_object(
+            Bucket=store.bucket, Key=key, Body=b"probe", ChecksumSHA256=wrong), 15)
+    except Exception as exc:
+        return checksum_verdict(exc, watch.ms)
+    with suppress(Exception):  # it should not exist; a refused delete leaves a 5-byte probe
+        await store.client.delete_object(Bucket=store.bucket, Key=key)
+    return checksum_verdict(None, watch.ms)
+
+
+def checksum_verdict(refusal: BaseException | None, ms: float | None = None) -> Line:
+    """ok when the body was refused for its checksum; warn when it was stored anyway."""
+    code = getattr(refusal, "response", {}).get("Error", {}).get("Code", "")
+    if code in CHECKSUM_REFUSALS:
+        return Line("checksum", OK, f"the store verifies x-amz-checksum-sha256 (a wrong one "
+                    f"was refused: {code})", ms)
+    if refusal is not None:
+        return Line("checksum", NA, f"could not tell ({describe(refusal)})", ms)
+    return Line("checksum", WARN, "the store accepted a body whose x-amz-checksum-sha256 was "
+                "wrong: it does not verify checksums, so a corrupted upload would go unnoticed "
+                "by the server", ms)
 
 
 def clock_verdict(skew_s: float, ms: float | None = None) -> Line:

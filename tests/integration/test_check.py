@@ -1,4 +1,4 @@
-"""`check`'s clock against a real S3 endpoint (SeaweedFS), refusals included."""
+"""`check`'s clock and checksum lines against a real S3 endpoint (SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from daemon.commands.check import NA, OK, clock_line
+from daemon.commands.check import NA, OK, WARN, checksum_line, checksum_verdict, clock_line
 from daemon.config import StorageSettings
 from daemon.objectstore import open_store
 from tests.helpers import free_port
@@ -29,3 +29,20 @@ async def test_an_unreachable_endpoint_leaves_the_clock_unknown() -> None:
     async with AsyncExitStack() as stack:
         line = await clock_line(await open_store(storage, stack))
     assert line.status == NA and "did not answer" in line.detail
+
+
+async def test_check_sees_the_server_refuse_a_wrong_checksum(s3_endpoint: str,
+                                                             bucket: str) -> None:
+    """SeaweedFS refuses a body whose x-amz-checksum-sha256 is wrong, and nothing is stored."""
+    storage = StorageSettings(url=f"s3://{bucket}/p", endpoint_url=s3_endpoint)
+    async with AsyncExitStack() as stack:
+        store = await open_store(storage, stack)
+        line = await checksum_line(store)
+        assert line.status == OK and "BadDigest" in line.detail, line
+        assert await store.list_keys("") == []
+
+
+def test_a_store_that_accepts_a_wrong_checksum_is_a_warning() -> None:
+    """An endpoint that stored the wrong-checksum body is said not to verify checksums."""
+    line = checksum_verdict(None)
+    assert line.status == WARN and "does not verify" in line.detail
