@@ -181,6 +181,10 @@ class Ledger:
         if await self.advance_many([(row, stage)], conn):
             raise LeaseLost(f"file {row.id} was claimed by another worker")
 
+    def lost(self, row: FileRow) -> None:
+        """Forget a claim another worker took over."""
+        self._forget([row.id])
+
     def let_go(self, row: FileRow) -> None:
         """Forget a claim once the file has left the worker stages (after its commit)."""
         if row.stage not in WORK_STAGES:

@@ -140,15 +140,15 @@ async def _run_stage(stage: str, group: list[Job], env: Env) -> None:
 
 async def _settle(job: Job, env: Env) -> None:
     """A file's end of this round: its failure handled, its claim let go, its line logged."""
-    if isinstance(job.error, LeaseLost):
-        log.warning("lease_lost", zone=job.row.zone, path=job.row.rel_path, error=str(job.error))
-        return
-    if job.error is not None:
-        try:
+    try:
+        if isinstance(job.error, LeaseLost):
+            raise job.error
+        if job.error is not None:
             await _failed(job, env, job.error)
-        except LeaseLost as exc:  # it stalled, and its lapsed claim was taken over meanwhile
-            log.warning("lease_lost", zone=job.row.zone, path=job.row.rel_path, error=str(exc))
-            return
+    except LeaseLost as exc:  # e.g. it stalled, and its lapsed claim was taken over meanwhile
+        env.ledger.lost(job.row)
+        log.warning("lease_lost", zone=job.row.zone, path=job.row.rel_path, error=str(exc))
+        return
     env.ledger.let_go(job.row)
     if job.row.stage in TERMINAL:
         report(job, env)
