@@ -38,7 +38,7 @@ async def eventually(get: Callable[[], Awaitable[Any]], timeout_s: float) -> Any
     """Poll `get()` until it gives something truthy (else the last falsy answer)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not (found := await get()) and loop.time() < deadline:
+    while not (found := await get()) and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     return found
 
