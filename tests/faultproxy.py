@@ -55,8 +55,16 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._run(self._set("refuse"))
+        self._run(self._cancel_all())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _cancel_all(self) -> None:
+        """End the connections still piping (a stalled one would never end by itself)."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def set(self, mode: str, **options: Any) -> None:
         """Switch mode (see the module docstring); `delay_s=`, `count=` tune slow and http503."""
