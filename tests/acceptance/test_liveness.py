@@ -94,9 +94,12 @@ def test_same_hostname_and_pid_in_two_namespaces_kill_9_takes_over_after_the_lea
                         pipeline={"workers": 2, "batch_files": 2, "lease_s": LEASE_S,
                                   "retry_base_s": 0.2}, mlflow={"window_s": 0.5})
     sinks, zone = Sinks(path), tmp_path / "zones" / "docs"
-    first, second = namespaced(path), namespaced(path)
+    first = namespaced(path)
+    second = Daemon(path)  # started once the first is up: their start times differ too
     try:
-        owners = [d.wait_for("daemon_ready", 120)["owner"] for d in (first, second)]
+        owners = [first.wait_for("daemon_ready", 120)["owner"]]
+        second = namespaced(path)
+        owners.append(second.wait_for("daemon_ready", 120)["owner"])
         assert owners[0] != owners[1]
         assert owners[0].split(":")[:2] == owners[1].split(":")[:2], "same host, same pid"
         texts = make_corpus(zone, 60)
