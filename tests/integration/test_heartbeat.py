@@ -4,6 +4,8 @@ in Postgres (never by this host's /proc), and a stage stuck in a call taken over
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,13 @@ import pytest
 
 from daemon.embedders import create as create_embedder
 from daemon.embedders.pool import EmbedPool
+from daemon.errors import TransientError
 from daemon.identity import this_process
 from daemon.ledger import Entry, FileRow, Ledger
 from daemon.pipeline import process
 from daemon.sessions import Sessions
 from daemon.stages import Env
+from daemon.tracking import Tracking
 from tests.helpers import proxy_for, s3_storage, settings_for
 
 
@@ -126,3 +130,26 @@ async def test_a_stage_stuck_in_a_call_is_taken_over_then_cancelled(
     finally:
         proxy.stop()
         embedder.close()
+
+
+def _pid(client: Any, experiment_id: str) -> int:
+    return os.getpid()
+
+
+def _hang(client: Any, experiment_id: str) -> None:
+    time.sleep(3600)
+
+
+async def test_a_hung_mlflow_call_times_out_and_its_process_is_replaced(
+        tmp_path: Path, database_url: str) -> None:
+    """A call the MLflow process never answers fails as transient after mlflow.timeout_s, and
+    the next call runs in a new process."""
+    settings = settings_for(tmp_path, database_url, mlflow={"timeout_s": 10})
+    tracking = Tracking(settings.mlflow, settings.state_dir)
+    try:
+        first = await tracking.call(_pid)
+        with pytest.raises(TransientError, match="no answer"):
+            await asyncio.wait_for(tracking.call(_hang), 60)
+        assert await tracking.call(_pid) != first
+    finally:
+        tracking.close()
