@@ -109,6 +109,11 @@ class StorageSettings(Frozen):
     max_connections: int = Field(32, ge=1, le=1024)
     multipart_threshold: ByteSize = Field(ByteSize(16 * 1024**2), ge=5 * 1024**2)
     direct_put: bool = True  # small objects: a signed PUT without the SDK (endpoint_url only)
+    # per connection attempt, and per wait for the next bytes of an answer (not per whole
+    # transfer, nor the wait for a free pooled connection): a store that stops answering fails
+    # the call, which is retried
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("endpoint_url", "kms_key_id", mode="before")
     @classmethod
@@ -180,6 +185,10 @@ class DatabaseSettings(Frozen):
     pool_min: int = Field(1, ge=0, le=100)
     pool_max: int = Field(10, ge=1, le=500)
     connect_timeout_s: float = Field(10.0, gt=0)
+    # a query that takes longer is cancelled and retried: a server that stopped answering
+    # must not hold a file (or the daemon) forever. A large file's chunk COPY is bounded by
+    # pipeline.stage_timeout_s instead (it lasts as long as the embedding does).
+    command_timeout_s: float = Field(60.0, gt=0)
     # with pgvector: an HNSW index for search. It costs ~5 ms of database CPU per chunk
     # stored (2-core machine); for a large backfill turn it off, then on: the next start
     # builds it over all rows at once, far faster.
@@ -207,6 +216,8 @@ class MlflowSettings(Frozen):
     window_files: int = Field(500, ge=1, le=100_000)
     window_s: float = Field(10.0, gt=0)
     artifact_location: str | None = None
+    # one call to the MLflow process; a call that takes longer replaces that process
+    timeout_s: float = Field(120.0, gt=0)
 
     @field_validator("tracking_uri")
     @classmethod
@@ -272,6 +283,9 @@ class PipelineSettings(Frozen):
     retry_base_s: float = Field(2.0, gt=0)
     retry_max_s: float = Field(300.0, gt=0)
     lease_s: float = Field(60.0, ge=5)
+    # a stage whose work has not moved (no step done, no bytes read or sent) for this long is
+    # cancelled and its files retried later; its claims stopped being renewed after lease_s
+    stage_timeout_s: float = Field(600.0, ge=1)
     rescan_s: float = Field(60.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
     drain_grace_s: float = Field(30.0, ge=0)

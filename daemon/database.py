@@ -32,7 +32,7 @@ from daemon.retry import describe, is_transient
 
 log = get_logger("dropzone.database")
 SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
-SCHEMA_VERSION = 4  # schema.sql's version; bump it with every change to the schema
+SCHEMA_VERSION = 5  # schema.sql's version; bump it with every change to the schema
 EMBEDDED_DB = "dropzone"
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
@@ -124,7 +124,9 @@ def read_password(settings: DatabaseSettings) -> str | None:
 
 
 class Database(AbstractAsyncContextManager["Database"]):
-    """The asyncpg pool, opened once with the schema in place."""
+    """The asyncpg pool, opened once with the schema in place. Every query on it has a deadline
+    (`database.command_timeout_s`): past it asyncpg cancels the query (or, if the server does
+    not even answer that, drops the connection) and raises TimeoutError, a transient error."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -185,8 +187,8 @@ class Database(AbstractAsyncContextManager["Database"]):
         db = self.settings.database
         return await asyncpg.create_pool(
             uri, password=password, min_size=db.pool_min, max_size=db.pool_max,
-            timeout=db.connect_timeout_s, init=self._init_connection, connect=connect,
-            max_inactive_connection_lifetime=300,
+            timeout=db.connect_timeout_s, command_timeout=db.command_timeout_s,
+            init=self._init_connection, connect=connect, max_inactive_connection_lifetime=300,
         )
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:

@@ -1,12 +1,15 @@
-"""Who holds a claim: `host:pid:start`, so a dead holder on this host is recognised at once.
+"""Who holds a claim: `host:pid:start:nonce`, unique among every daemon sharing a database.
 
-The process start time (from /proc) tells a dead process from a new one that reused its pid.
-Holders on other hosts cannot be checked from here: their leases expire instead.
+Host, pid and start time say where to look in the logs; the random nonce makes two containers
+that share a hostname and a pid (each in its own PID namespace) two owners, never one. Whether
+a holder is alive is never judged from here (this host's /proc says nothing about another
+namespace's processes): every daemon keeps a heartbeat row in `dz_daemons` (see the ledger).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -32,14 +35,6 @@ def alive(pid: int) -> bool:
 
 
 def this_process() -> str:
+    """A new owner id for this process: host, pid, start time and 8 random hex digits."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
-
-
-def is_dead(holder: str) -> bool:
-    """True only when `holder` ran on this host and that process no longer exists."""
-    parts = holder.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
-        return False
-    started = _start_time(int(parts[1]))
-    return started is None or (parts[2] != "0" and started != parts[2])
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}:{secrets.token_hex(4)}"

@@ -1,8 +1,11 @@
 """The ledger: one Postgres row per file version, the single source of truth for progress.
 
 Claims are `FOR UPDATE SKIP LOCKED` with expiring leases, so any number of daemons share the
-work and a dead holder's files are taken over once its lease runs out. Every write checks the
-claim (`claimed_by = me`): a worker that lost its lease cannot overwrite a newer holder's work.
+work and a dead holder's files are taken over once its lease runs out. A lease is renewed only
+while its work moves (`moved`): a file stuck in a call that never returns is taken over too.
+Every daemon keeps a heartbeat row in `dz_daemons`; the claims of one that stopped, or fell
+silent for longer than its lease, are released by the others. Every write checks the claim
+(`claimed_by = me`): a worker that lost its lease cannot overwrite a newer holder's work.
 The SQL lives in `sql/queries.sql`.
 """
 
@@ -11,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -21,7 +27,6 @@ import asyncpg
 
 from daemon.database import sql
 from daemon.errors import LeaseLost
-from daemon.identity import is_dead
 from daemon.logs import get_logger
 from daemon.sessions import Sessions
 
@@ -94,7 +99,10 @@ class Ledger:
         self.owner = owner
         self.lease_s = lease_s
         self.wakeup = asyncio.Event()
-        self.held: set[int] = set()  # claims this process knows it holds
+        # claims this process knows it holds -> until when their work counts as moving
+        # (monotonic: the last time it moved, or the deadline of the call it is in)
+        self.held: dict[int, float] = {}
+        self._stalled: set[int] = set()  # held claims no longer renewed (logged once)
         self._claiming = 0  # claim queries in flight (their rows are not in `held` yet)
 
     async def discover(self, zone: str, entries: Sequence[Entry]) -> int:
@@ -116,11 +124,33 @@ class Ledger:
             rows = [FileRow.from_record(r) for r in await self.sessions.query(sql(name), *args)]
         finally:
             self._claiming -= 1
-        self.held.update(r.id for r in rows)
+        now = time.monotonic()
+        self.held.update((r.id, now) for r in rows)
         return rows
 
     async def claim(self, limit: int) -> list[FileRow]:
-        return await self._claim("claim", self.owner, self.lease_s, self.zones, limit)
+        return await self._claim("claim", self.owner, self.lease_s, self.zones, limit,
+                                 list(self.held))
+
+    def moved(self, ids: Iterable[int], for_s: float = 0.0) -> None:
+        """The work on these claims moved now (or is in a call bounded by `for_s`). Safe from
+        a thread: it only changes the marks of claims held already."""
+        until = time.monotonic() + for_s
+        for file_id in ids:
+            mark = self.held.get(file_id)
+            if mark is not None and mark < until:
+                self.held[file_id] = until
+            self._stalled.discard(file_id)
+
+    def idle_s(self, ids: Iterable[int]) -> float:
+        """How long the work on these claims has not moved (its most recent move counts)."""
+        marks = [self.held[i] for i in ids if i in self.held]
+        return max(0.0, time.monotonic() - max(marks)) if marks else 0.0
+
+    def _forget(self, ids: Iterable[int]) -> None:
+        for file_id in ids:
+            self.held.pop(file_id, None)
+            self._stalled.discard(file_id)
 
     async def advance_many(self, moves: Sequence[tuple[FileRow, str]],
                            conn: asyncpg.Connection | None = None) -> set[int]:
@@ -152,10 +182,14 @@ class Ledger:
         if await self.advance_many([(row, stage)], conn):
             raise LeaseLost(f"file {row.id} was claimed by another worker")
 
+    def lost(self, row: FileRow) -> None:
+        """Forget a claim another worker took over."""
+        self._forget([row.id])
+
     def let_go(self, row: FileRow) -> None:
         """Forget a claim once the file has left the worker stages (after its commit)."""
         if row.stage not in WORK_STAGES:
-            self.held.discard(row.id)
+            self._forget([row.id])
 
     async def retry_later(self, row: FileRow, error: str, delay_s: float,
                           counts: bool = True) -> None:
@@ -165,25 +199,44 @@ class Ledger:
         if attempts is None:
             raise LeaseLost(f"file {row.id} was claimed by another worker")
         row.attempts, row.last_error = attempts, error
-        self.held.discard(row.id)
+        self._forget([row.id])
 
     async def quarantine(self, row: FileRow, error: str) -> None:
         if await self.sessions.fetchval(sql("quarantine"), row.id, self.owner, error) is None:
             raise LeaseLost(f"file {row.id} was claimed by another worker")
-        self.held.discard(row.id)
+        self._forget([row.id])
         _apply(row, stage="quarantined", outcome="quarantined", last_error=error)
 
     async def release(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         await self.sessions.execute(sql("release"), self.owner, ids)
-        self.held.difference_update(ids)
+        self._forget(ids)
 
     async def release_all(self) -> None:
         await self.sessions.execute(sql("release_owner"), self.owner)
-        self.held.clear()
+        self._forget(list(self.held))
 
     async def heartbeat(self) -> None:
-        await self.sessions.execute(sql("heartbeat"), self.owner, self.lease_s, list(self.held))
+        """Renew the claims whose work moved within the last lease; the others lapse, for
+        another daemon to take over (this one's stage deadline cancels their stuck work)."""
+        since = time.monotonic() - self.lease_s
+        moving = [i for i, mark in self.held.items() if mark >= since]
+        stalled = set(self.held) - set(moving) - self._stalled
+        if stalled:
+            log.warning("claims_not_renewed", files=len(stalled), idle_s=self.lease_s,
+                        reason="their work has not moved for a whole lease")
+            self._stalled |= stalled
+        await self.sessions.execute(sql("heartbeat"), self.owner, self.lease_s, moving)
+
+    async def alive(self) -> None:
+        """This daemon's heartbeat row: others judge whether it lives by its age."""
+        await self.sessions.execute(sql("daemon_alive"), self.owner, socket.gethostname(),
+                                    os.getpid(), self.lease_s)
+
+    async def stopped(self) -> None:
+        """A clean exit, said in the heartbeat row; long-gone daemons' rows are forgotten."""
+        await self.sessions.execute(sql("daemon_stopped"), self.owner)
+        await self.sessions.execute(sql("forget_daemons"))
 
     async def release_strays(self) -> int:
         """Hand back claims recorded for us whose reply we never got (a connection broke)."""
@@ -228,7 +281,7 @@ class Ledger:
 
     async def tracked(self, ids: Sequence[int], run_id: str | None) -> None:
         await self.sessions.execute(sql("tracked"), self.owner, list(ids), run_id)
-        self.held.difference_update(ids)
+        self._forget(ids)
         self.wakeup.set()
 
     async def unfinished(self, horizon: int, stages: Sequence[str]) -> int:
@@ -245,15 +298,15 @@ class Ledger:
         return {zone: 0 for zone in self.zones} | {r["zone"]: int(r["files"]) for r in rows}
 
     async def reap_dead(self) -> int:
-        """Give back the claims of holders that died on this host; returns how many holders."""
-        holders = await self.sessions.query(sql("claim_holders"))
-        dead = [str(h["claimed_by"]) for h in holders if is_dead(str(h["claimed_by"]))]
-        for holder in dead:
-            await self.sessions.execute(sql("release_owner"), holder)
-            log.warning("claims_reaped", holder=holder, reason="the process is gone")
-        if dead:
+        """Give back the claims of holders that stopped or whose heartbeat is older than their
+        lease (never judged from this host's /proc); returns how many claims."""
+        rows = await self.sessions.query(sql("reap_dead"), self.owner)
+        for holder, files in Counter(str(r["claimed_by"]) for r in rows).items():
+            log.warning("claims_reaped", holder=holder, files=files,
+                        reason="its heartbeat stopped")
+        if rows:
             self.wakeup.set()
-        return len(dead)
+        return len(rows)
 
     async def horizon(self) -> int:
         return int(await self.sessions.fetchval(sql("horizon")))

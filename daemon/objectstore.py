@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
+from daemon import liveness
 from daemon.config import StorageSettings
 from daemon.errors import PermanentError
 
@@ -147,6 +148,7 @@ class FileStore:
                 for block in blocks:
                     out.write(block)
                     digest.update(block)
+                    liveness.moved()
                 out.flush()
                 os.fsync(out.fileno())
             Path(tmp).replace(target)
@@ -212,7 +214,8 @@ class S3Store:
                                 multipart_chunksize=PART_BYTES, max_concurrency=2,
                                 max_io_queue=1)
         await self.client.upload_file(str(path), self.bucket, self.full_key(key),
-                                      ExtraArgs=self._extra(key), Config=config)
+                                      ExtraArgs=self._extra(key), Config=config,
+                                      Callback=lambda _sent: liveness.moved())
         head = await self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
         return self._result(key, head)
 
@@ -260,8 +263,10 @@ async def open_store(settings: StorageSettings, stack: AsyncExitStack) -> Object
     import aioboto3
     from aiobotocore.config import AioConfig
 
-    config = AioConfig(max_pool_connections=settings.max_connections, connect_timeout=5,
-                       read_timeout=60, retries={"total_max_attempts": 1, "mode": "standard"})
+    config = AioConfig(max_pool_connections=settings.max_connections,
+                       connect_timeout=settings.connect_timeout_s,
+                       read_timeout=settings.read_timeout_s,
+                       retries={"total_max_attempts": 1, "mode": "standard"})
     session = aioboto3.Session(region_name=settings.region)
     client = await stack.enter_async_context(
         session.client("s3", endpoint_url=settings.endpoint_url, config=config))
@@ -279,7 +284,10 @@ async def _direct_put(settings: StorageSettings, session: Any,
 
     from daemon.s3put import DirectPut
 
+    # each read is bounded, never the whole request: a total would count the wait for one of
+    # `max_connections` pooled connections, which a busy daemon spends queueing, not stuck
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s,
+                                    sock_read=settings.read_timeout_s)
     http = await stack.enter_async_context(aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=settings.max_connections),
-        timeout=aiohttp.ClientTimeout(total=60, sock_connect=5)))
+        connector=aiohttp.TCPConnector(limit=settings.max_connections), timeout=timeout))
     return DirectPut(http, credentials, settings.endpoint_url, settings.region)

@@ -3,20 +3,40 @@
 A file resumes at the first stage its ledger row has not finished. Errors end here: transient
 ones schedule another attempt with backoff until the budget is spent, everything else (and a
 spent budget) quarantines the file. One canonical `file_processed` line is logged per file.
+
+The work of a batch reports that it moves (`daemon.liveness`: a step done, a chunk embedded,
+bytes read or sent): the ledger renews only claims whose work moves, and a stage whose work
+has not moved for `pipeline.stage_timeout_s` is cancelled, its files retried later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
-from daemon import failpoints
+from daemon import failpoints, liveness
 from daemon.errors import DaemonError, FileVanished, LeaseLost, TransientError
 from daemon.ledger import FileRow
 from daemon.logs import get_logger
 from daemon.retry import describe, translate
-from daemon.stages import Env, Job, Stage, embed, extract, finish, pending, store, track, upload
+from daemon.stages import (
+    ChunkSource,
+    EmbeddedChunk,
+    Env,
+    Job,
+    Stage,
+    embed,
+    extract,
+    finish,
+    pending,
+    store,
+    track,
+    upload,
+)
 from daemon.stages import hash as hash_stage
 
 log = get_logger("dropzone.pipeline")
@@ -28,6 +48,7 @@ PLAN: dict[str, tuple[Stage, ...]] = {
     "finish": (finish.run,),
 }
 TERMINAL = ("done", "quarantined")
+CANCEL_WAIT_S = 10.0  # how long a stalled stage may take to unwind once cancelled
 
 
 async def process(rows: list[FileRow], env: Env) -> list[int]:
@@ -35,10 +56,11 @@ async def process(rows: list[FileRow], env: Env) -> list[int]:
     quarantine), stage by stage, all files of a stage together. Returns the ids of files whose
     outcome could not be recorded (the ledger was away): their claims are to be given back."""
     jobs = [Job(row, env.zone(row.zone)) for row in rows]
-    for stage in PLAN:  # hash -> upload -> store -> finish: one pass carries a file through
-        group = [job for job in pending(jobs) if job.row.stage == stage]
-        if group:
-            await _run_stage(stage, group, env)
+    with liveness.reporting(partial(env.ledger.moved, [row.id for row in rows])):
+        for stage in PLAN:  # hash -> upload -> store -> finish: one pass carries a file through
+            group = [job for job in pending(jobs) if job.row.stage == stage]
+            if group:
+                await _within_deadline(stage, group, env)
     env.stored.set()
     stranded = []
     for job in jobs:
@@ -51,12 +73,57 @@ async def process(rows: list[FileRow], env: Env) -> list[int]:
     return stranded
 
 
+async def _within_deadline(stage: str, group: list[Job], env: Env) -> None:
+    """Run a stage until it ends, or until its work has not moved for stage_timeout_s: then it
+    is cancelled and its files are retried later (a call that never returns cannot keep them,
+    nor this worker)."""
+    limit_s, ids = env.settings.pipeline.stage_timeout_s, [job.row.id for job in group]
+    env.ledger.moved(ids)
+    task = asyncio.create_task(_run_stage(stage, group, env))
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=max(0.05, limit_s - env.ledger.idle_s(ids)))
+            if not task.done() and env.ledger.idle_s(ids) >= limit_s:
+                task.cancel()
+                await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+                _stalled(stage, group, limit_s)
+                return
+    finally:
+        task.cancel()  # when this worker is cancelled (a drain), so is its stage
+
+
+def _stalled(stage: str, group: list[Job], limit_s: float) -> None:
+    error = TransientError(f"stage {stage} made no progress for {limit_s:g} s and was cancelled")
+    for job in pending(group):
+        job.error = error
+    log.warning("stage_stalled", stage=stage, files=len(group), idle_s=limit_s)
+
+
+def _marked(stream: ChunkSource) -> ChunkSource:
+    """A large file's chunk stream that says, for each chunk, that its work moves."""
+    async def marked() -> AsyncIterator[EmbeddedChunk]:
+        async for item in stream():
+            liveness.moved()
+            yield item
+    return marked
+
+
+def _moved_after(step: Stage, group: list[Job]) -> None:
+    """A step is done: the work moved; large files' chunks, embedded later, will say so too."""
+    liveness.moved()
+    if step is embed.run:
+        for job in group:
+            if job.chunk_stream is not None:
+                job.chunk_stream = _marked(job.chunk_stream)
+
+
 async def _run_stage(stage: str, group: list[Job], env: Env) -> None:
     """Run one stage for a group; if the group fails as a whole, run it file by file, so one
     bad file cannot hold the others back."""
     try:
         for step in PLAN[stage]:
             await step(group, env)
+            _moved_after(step, group)
     except Exception as exc:
         if len(group) == 1:
             group[0].error = exc
@@ -73,11 +140,15 @@ async def _run_stage(stage: str, group: list[Job], env: Env) -> None:
 
 async def _settle(job: Job, env: Env) -> None:
     """A file's end of this round: its failure handled, its claim let go, its line logged."""
-    if isinstance(job.error, LeaseLost):
-        log.warning("lease_lost", zone=job.row.zone, path=job.row.rel_path, error=str(job.error))
+    try:
+        if isinstance(job.error, LeaseLost):
+            raise job.error
+        if job.error is not None:
+            await _failed(job, env, job.error)
+    except LeaseLost as exc:  # e.g. it stalled, and its lapsed claim was taken over meanwhile
+        env.ledger.lost(job.row)
+        log.warning("lease_lost", zone=job.row.zone, path=job.row.rel_path, error=str(exc))
         return
-    if job.error is not None:
-        await _failed(job, env, job.error)
     env.ledger.let_go(job.row)
     if job.row.stage in TERMINAL:
         report(job, env)
@@ -173,7 +244,8 @@ async def track_pending(env: Env, limit: int) -> int:
     if not rows:
         return 0
     try:
-        await track.run_batch(rows, env, resumed)
+        with liveness.reporting(partial(env.ledger.moved, [row.id for row in rows])):
+            await track.run_batch(rows, env, resumed)
     except BaseException:
         await env.ledger.release(r.id for r in rows)
         raise

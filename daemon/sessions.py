@@ -37,6 +37,9 @@ EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "conten
                      "embedding", "model")
 Connection: TypeAlias = asyncpg.Connection
 DEPENDENCIES = ("objects", "postgres", "mlflow", "state")  # state: done/quarantine folders
+# a large file's COPY lasts as long as its embedding: not database.command_timeout_s, but the
+# pipeline's stage deadline (work that stops moving) bounds it
+COPY_TIMEOUT_S = 7 * 86400.0
 
 
 class Sessions:
@@ -246,7 +249,7 @@ async def copy_embeddings(conn: Connection,
     `native`: the column is pgvector's `vector`, else `real[]`."""
     counted = [0]
     await conn.copy_to_table("document_embeddings", source=pgcopy.stream(rows, native, counted),
-                             columns=EMBEDDING_COLUMNS, format="binary")
+                             columns=EMBEDDING_COLUMNS, format="binary", timeout=COPY_TIMEOUT_S)
     return counted[0]
 
 

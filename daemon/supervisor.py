@@ -351,18 +351,23 @@ class Supervisor:
         env.sessions.tracking.start()
 
     async def _leases(self, ledger: Ledger) -> None:
-        """Renew our leases every lease_s/3; every few seconds, free the claims of the dead."""
-        renew_every, renewed = self.settings.pipeline.lease_s / 3, time.monotonic()
-        while True:
-            try:
-                await ledger.reap_dead()
-                await ledger.release_strays()
-                if time.monotonic() - renewed >= renew_every:
+        """Every lease_s/3 (5 s at most): our heartbeat row, the leases of our claims whose work
+        moves, and the claims of daemons whose heartbeat stopped set free. Cancelled after
+        the claims were given back: the row then says so."""
+        try:
+            while True:
+                try:
+                    await ledger.alive()
                     await ledger.heartbeat()
-                    renewed = time.monotonic()
-            except DaemonError as exc:
-                report_loop_error("lease_upkeep_failed", exc)
-            await asyncio.sleep(min(5.0, renew_every))
+                    await ledger.reap_dead()
+                    await ledger.release_strays()
+                except DaemonError as exc:
+                    report_loop_error("lease_upkeep_failed", exc)
+                await asyncio.sleep(min(5.0, self.settings.pipeline.lease_s / 3))
+        except asyncio.CancelledError:
+            with suppress(DaemonError):
+                await ledger.stopped()
+            raise
 
     async def _shutdown(self, env: Env, workers: Workers, grace_s: float) -> None:
         cancelled = await workers.drain(grace_s)

@@ -4,7 +4,9 @@ Importing MLflow takes 2-3 s of CPU, creating a sqlite store another second, and
 10-15 ms: in a thread they would take the daemon's GIL from the files. So MLflow lives in a
 process of its own, and calls are sent to it. The supervisor starts it once the first files
 are stored (or a few seconds in), so on two cores it does not slow the first file down.
-MLflow's own HTTP retries are switched off: our retry policy is the only one.
+MLflow's own HTTP retries are switched off: our retry policy is the only one. Every call has a
+deadline (`mlflow.timeout_s`); a process that does not answer by then is killed and replaced,
+and the call fails as a transient error (the batch is recorded later).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon import failpoints, workers
+from daemon import failpoints, liveness, workers
 from daemon.config import MlflowSettings
 from daemon.errors import DependencyError, Misconfigured, PermanentError, TransientError
 from daemon.files import exclusive
@@ -258,12 +260,33 @@ class Tracking:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def call(self, fn: Callable[[Any, str], T]) -> T:
+        """`fn(client, experiment_id)` in the MLflow process, within `mlflow.timeout_s`."""
+        timeout_s = self.settings.timeout_s
+        liveness.moved(timeout_s)  # a bounded call: the batch's claims are kept meanwhile
+        executor = self._executor
         try:
-            return await asyncio.wrap_future(self._executor.submit(_run, fn))
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.wrap_future(executor.submit(_run, fn))
         except BrokenProcessPool as exc:  # the MLflow process died: a new one for next time
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._spawn()
+            self._replace(executor)
             raise TransientError(f"the MLflow process died ({exc})") from exc
+        except TimeoutError as exc:
+            self._replace(executor, kill=True)
+            log.warning("mlflow_process_replaced", reason=f"no answer in {timeout_s:g} s")
+            raise TransientError(f"mlflow: no answer in {timeout_s:g} s; its process was "
+                                 "replaced") from exc
+
+    def _replace(self, executor: ProcessPoolExecutor, kill: bool = False) -> None:
+        """A new MLflow process for the next call (once, however many calls saw this one
+        fail); `kill`: the old one hangs, and would otherwise never let go of its call."""
+        if executor is not self._executor:
+            return
+        if kill:  # the pool offers no way to stop a running call: end its process
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._spawn()
+        self.warmup = None
 
     def __getstate__(self) -> dict[str, Any]:  # what the worker gets: settings, not the pool
         return {"settings": self.settings, "state_dir": self.state_dir,

@@ -5,6 +5,8 @@ Modes, switchable while connections are open:
   refuse   stop listening (connection refused); open connections are reset
   reset    accept, then reset at once; open connections are reset
   stall    accept and read, forward nothing (the peer times out)
+  blackhole  like stall, but the connections open meanwhile stay stalled for ever, after the
+           proxy passes again (a peer that froze, a NAT that forgot them): only new ones pass
   slow     forward, `delay_s` per chunk
   http503  answer each new HTTP connection with `503 SlowDown` (S3's throttling reply), for
            `count` connections, then pass
@@ -39,6 +41,7 @@ class FaultProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._frozen: set[asyncio.StreamWriter] = set()  # blackholed for good
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -52,8 +55,16 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._run(self._set("refuse"))
+        self._run(self._cancel_all())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _cancel_all(self) -> None:
+        """End the connections still piping (a stalled one would never end by itself)."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def set(self, mode: str, **options: Any) -> None:
         """Switch mode (see the module docstring); `delay_s=`, `count=` tune slow and http503."""
@@ -63,6 +74,8 @@ class FaultProxy:
         self.delay_s = self.delay_s if delay_s is None else delay_s
         self.count = count
         self.mode = mode
+        if mode == "blackhole":
+            self._frozen |= self._writers
         if mode in ("refuse", "reset"):
             for writer in list(self._writers):
                 _reset(writer)
@@ -107,6 +120,8 @@ class FaultProxy:
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await self._open_upstream()
         self._writers.add(up_writer)
+        if self.mode == "blackhole":
+            self._frozen |= {writer, up_writer}
         try:
             await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         finally:
@@ -116,7 +131,8 @@ class FaultProxy:
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
-            while self.mode == "stall":  # noqa: ASYNC110 - a test tool; polling is plain
+            while (self.mode in ("stall", "blackhole") or sink in self._frozen) \
+                    and not sink.is_closing():  # noqa: ASYNC110 - a test tool; polling is plain
                 await asyncio.sleep(0.05)
             if self.mode == "slow":
                 await asyncio.sleep(self.delay_s)

@@ -10,7 +10,8 @@ ON CONFLICT DO NOTHING
 RETURNING id;
 
 -- name: claim
--- Take up to $4 files whose next step is due and whose lease (if any) has run out.
+-- Take up to $4 files whose next step is due and whose lease (if any) has run out; never one
+-- of ours still in hand ($5: a stuck one's lease lapses for others to take, not for us).
 UPDATE dz_files AS f
    SET claimed_by = $1, lease_until = now() + make_interval(secs => $2), updated_at = now()
   FROM (SELECT id FROM dz_files
@@ -18,6 +19,7 @@ UPDATE dz_files AS f
            AND next_attempt_at <= now()
            AND zone = ANY($3::text[])
            AND (lease_until IS NULL OR lease_until < now())
+           AND NOT (id = ANY($5::bigint[]))
          ORDER BY next_attempt_at, id
          LIMIT $4
            FOR UPDATE SKIP LOCKED) AS picked
@@ -72,7 +74,7 @@ UPDATE dz_files SET claimed_by = NULL, lease_until = NULL
 UPDATE dz_files SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1;
 
 -- name: heartbeat
--- Renew the claims this process knows it holds (not ones whose claim reply was lost).
+-- Renew the claims whose work moved lately (not ones whose claim reply was lost, nor stuck ones).
 UPDATE dz_files SET lease_until = now() + make_interval(secs => $2)
  WHERE claimed_by = $1 AND id = ANY($3::bigint[]);
 
@@ -172,9 +174,30 @@ SELECT zone, count(*) AS files FROM dz_files
  WHERE stage IN ('hash', 'upload', 'store', 'track', 'finish') AND zone = ANY($1::text[])
  GROUP BY zone;
 
--- name: claim_holders
--- Everyone holding a live claim (the reaper checks which of them died on this host).
-SELECT DISTINCT claimed_by FROM dz_files WHERE claimed_by IS NOT NULL;
+-- name: daemon_alive
+-- This daemon's heartbeat row ($1 owner, $2 host, $3 pid, $4 lease_s), every few seconds.
+INSERT INTO dz_daemons AS d (owner, host, pid, lease_s) VALUES ($1, $2, $3, $4)
+ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), lease_s = EXCLUDED.lease_s,
+                                  stopped_at = NULL;
+
+-- name: daemon_stopped
+-- A clean exit (its claims were given back): no one need wait for its heartbeat to age.
+UPDATE dz_daemons SET stopped_at = now(), heartbeat_at = now() WHERE owner = $1;
+
+-- name: reap_dead
+-- Release the claims of dead holders: stopped, or silent for longer than their own lease. A
+-- holder without a row (a daemon from before dz_daemons) keeps its claims until they expire.
+UPDATE dz_files AS f SET claimed_by = NULL, lease_until = NULL
+  FROM dz_daemons AS d
+ WHERE f.claimed_by = d.owner AND d.owner <> $1
+   AND (d.stopped_at IS NOT NULL OR d.heartbeat_at < now() - make_interval(secs => d.lease_s))
+RETURNING f.claimed_by;
+
+-- name: forget_daemons
+-- Rows of daemons gone for a day that hold nothing.
+DELETE FROM dz_daemons AS d
+ WHERE d.heartbeat_at < now() - interval '1 day'
+   AND NOT EXISTS (SELECT 1 FROM dz_files f WHERE f.claimed_by = d.owner);
 
 -- name: horizon
 SELECT COALESCE(max(id), 0) FROM dz_files;

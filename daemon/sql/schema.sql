@@ -106,3 +106,18 @@ CREATE TABLE IF NOT EXISTS dz_health (
     PRIMARY KEY (owner, dependency)
 );
 INSERT INTO dz_schema (version) VALUES (4) ON CONFLICT DO NOTHING;
+
+-- version 5: liveness. Each daemon (and each --once) upserts its row every few seconds and marks
+-- it stopped when it exits cleanly. A holder whose row says stopped, or whose heartbeat is older
+-- than its lease, is dead: any daemon releases its claims (queries.sql: reap_dead). Never judged
+-- from /proc: two containers may share a hostname and a pid.
+CREATE TABLE IF NOT EXISTS dz_daemons (
+    owner         text             PRIMARY KEY,
+    host          text             NOT NULL,
+    pid           integer          NOT NULL,
+    lease_s       double precision NOT NULL,
+    started_at    timestamptz      NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz      NOT NULL DEFAULT now(),
+    stopped_at    timestamptz
+);
+INSERT INTO dz_schema (version) VALUES (5) ON CONFLICT DO NOTHING;

@@ -289,6 +289,7 @@ def test_the_documented_least_privilege_role_is_enough(
         f"GRANT SELECT ON dz_schema TO {role}",
         f"GRANT SELECT, INSERT, UPDATE ON documents, document_embeddings, dz_files, dz_contents "
         f"TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON dz_daemons TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
     limited = database_url.replace("postgres@", f"{role}@").replace("postgres:@", f"{role}:@")
     try:
