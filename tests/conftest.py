@@ -7,7 +7,6 @@ per session; every test that needs a database gets a fresh one on that server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import boto3
 import pytest
 
 from daemon.database import with_database
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_embedded
 from tests.seaweed import SeaweedFS
 
 AWS_ENV = {
@@ -73,16 +72,6 @@ def pg_server() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="dz-pg-") as folder:
         yield start_embedded(Path(folder))
         stop_embedded(Path(folder) / "pg")
-
-
-def stop_embedded(pgdata: Path) -> None:
-    """Stop the server before its folder goes: pgserver would stop it only at this process's
-    exit, by which time the folder is gone, and a postmaster without its folder lingers."""
-    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
-
-    with contextlib.suppress(Exception):  # already stopped: nothing to do
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata,
-               user="pgserver" if os.geteuid() == 0 else None)
 
 
 async def _admin(admin_url: str, statement: str) -> None:

@@ -298,3 +298,13 @@ def settings_for(folder: Path, database_url: str, **sections: Any) -> Settings:
     """Settings for in-process tests, from the same YAML a user would write."""
     path = write_config(folder, database=database_url, **sections)
     return config.load(path, env={})
+
+
+def stop_embedded(pgdata: Path) -> None:
+    """Stop the server before its folder goes: pgserver would stop it only at this process's
+    exit, by which time the folder is gone, and a postmaster without its folder lingers."""
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+    with contextlib.suppress(Exception):  # already stopped: nothing to do
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata,
+               user="pgserver" if os.geteuid() == 0 else None)

@@ -31,6 +31,7 @@ from tests.helpers import (
     proxy_for,
     s3_config,
     s3_storage,
+    stop_embedded,
     via_proxy,
     wait_until,
     write_config,
@@ -160,12 +161,12 @@ def test_a_real_postgres_restart_mid_run(tmp_path: Path, s3_endpoint: str, bucke
         admin = start_embedded(Path(state))
         path = s3_config(tmp_path, with_database(admin, "postgres"), s3_endpoint, bucket)
         texts = make_corpus(tmp_path / "zones" / "docs", 150)
-        pg = partial(pg_ctl, pgdata=Path(state) / "pg",
-                     user="pgserver" if os.geteuid() == 0 else None)
+        restart = partial(pg_ctl, ["-w", "-m", "fast", "restart"], pgdata=Path(state) / "pg",
+                          user="pgserver" if os.geteuid() == 0 else None)
         try:
-            once_through(path, texts, 20, lambda: pg(["-w", "-m", "fast", "restart"]))
+            once_through(path, texts, 20, restart)
         finally:  # pgserver stops only the postmaster it started, which the restart replaced
-            pg(["-w", "-m", "fast", "stop"])
+            stop_embedded(Path(state) / "pg")
 
 
 def test_too_many_connections_are_waited_out(tmp_path: Path, database_url: str,
