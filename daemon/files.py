@@ -7,6 +7,7 @@ or is replaced underneath the daemon is noticed instead of half-processed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -15,6 +16,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,17 +37,77 @@ def check_version(st: os.stat_result, expected: tuple[int, int]) -> None:
         raise FileVanished("changed since it was found", outcome="superseded")
 
 
-@contextmanager
-def open_version(path: Path, expected: tuple[int, int]) -> Iterator[BinaryIO]:
-    """Open a source for reading if, and only if, it is still the expected regular file."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+_REPLACED = (errno.ELOOP, errno.ENOTDIR)  # a link where a folder or the file was
+BLOCK_BYTES = 1 << 20
+
+
+def _open_beneath(root: Path, rel: str) -> int:
+    """Open `root/rel` for reading without following a symlink at `root` or anywhere below
+    it, so a folder or file swapped for a link to elsewhere is refused, never read."""
+    *folders, name = Path(rel).parts
+    dir_fd = os.open(root, _DIR_FLAGS)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        raise FileVanished("deleted before it was read", outcome="vanished") from None
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        check_version(os.fstat(fd), expected)
+        for folder in folders:
+            inner = os.open(folder, _DIR_FLAGS, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = inner
+        return os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One version of a file in a zone: its zone folder, its path inside it, (size, mtime)."""
+
+    root: Path
+    rel: str
+    version: tuple[int, int]
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
+
+    def open(self) -> BinaryIO:
+        """The file, opened beneath its zone (no symlink followed, no FIFO waited on), if and
+        only if it is still this version; FileVanished otherwise."""
+        try:
+            fd = _open_beneath(self.root, self.rel)
+        except FileNotFoundError:
+            raise FileVanished("deleted before it was read", outcome="vanished") from None
+        except OSError as exc:
+            if exc.errno not in _REPLACED:
+                raise
+            raise FileVanished("replaced by a symbolic link", outcome="superseded") from None
+        handle = os.fdopen(fd, "rb", buffering=0)
+        try:
+            check_version(os.fstat(fd), self.version)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
+
+@contextmanager
+def open_version(source: SourceFile) -> Iterator[BinaryIO]:
+    """`source` opened for reading; it must still be the same version when reading ends."""
+    with source.open() as handle:
         yield handle
-        check_version(os.fstat(fd), expected)
+        check_version(os.fstat(handle.fileno()), source.version)
+
+
+def blocks(handle: BinaryIO, size: int, block_bytes: int = BLOCK_BYTES,
+           start: int = 0) -> Iterator[bytes]:
+    """The bytes `start..size` of an open file in blocks, by positional reads (so one handle
+    serves several readers); a file that has grown yields only `size` bytes."""
+    offset = start
+    while offset < size:
+        block = os.pread(handle.fileno(), min(block_bytes, size - offset), offset)
+        if not block:
+            return
+        offset += len(block)
+        yield block
 
 
 def is_version(path: Path, expected: tuple[int, int]) -> bool:

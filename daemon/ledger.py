@@ -248,6 +248,12 @@ class Ledger:
             self.wakeup.set()
         return len(rows)
 
+    async def object_wanted(self, row: FileRow, url: str) -> bool:
+        """Whether the object at `row.object_key` is named by a document or by another file
+        version on its way (then it must stay)."""
+        return bool(await self.sessions.fetchval(sql("object_wanted"), url, row.object_key,
+                                                 row.id))
+
     async def own_contents(self, rows: Sequence[FileRow]) -> dict[int, str]:
         """Claim each row's content (`row.sha256`) in its zone for that row; returns, for the
         rows that are duplicates, the path of the version that owns their content."""

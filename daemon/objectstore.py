@@ -8,6 +8,7 @@ client's own retries are off (one attempt per call) so the two layers never mult
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import importlib
 import mimetypes
@@ -15,23 +16,30 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from daemon import liveness
 from daemon.config import StorageSettings
-from daemon.errors import PermanentError
+from daemon.errors import FileVanished, PermanentError
+from daemon.files import blocks
+from daemon.logs import get_logger
 
 if TYPE_CHECKING:
     from daemon.s3put import DirectPut
 
+log = get_logger("dropzone.objects")
+
 MAX_NAME_BYTES = 200
 FOUND_FORMAT = "%Y%m%dT%H%M%SZ"  # `{found}` without a format: ISO 8601 basic, UTC
 _UNSAFE_RUN = re.compile(r"_+")
-PART_BYTES = 8 * 1024**2  # multipart part size: 125 parts for a 1 GiB file (S3 allows 10,000)
+PART_BYTES = 8 * 1024**2  # multipart part size: 128 parts for a 1 GiB file
+MAX_PARTS = 10_000  # S3's limit
+ABORT_WAIT_S = 10.0
 _HEADERS = {"ContentType": "Content-Type", "ServerSideEncryption": "x-amz-server-side-encryption",
             "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
 
@@ -48,8 +56,9 @@ class ObjectStore(Protocol):
 
     def url(self, key: str) -> str: ...
     def full_key(self, key: str) -> str: ...
-    async def put_file(self, key: str, path: Path) -> PutResult: ...
-    async def put_bytes(self, key: str, data: bytes) -> PutResult: ...
+    async def put_stream(self, key: str, handle: BinaryIO, size: int,
+                         sha256: bytes) -> PutResult: ...
+    async def put_bytes(self, key: str, data: bytes, sha256: bytes | None = None) -> PutResult: ...
     async def get(self, key: str) -> bytes: ...
     async def delete(self, key: str) -> None: ...
     async def list_keys(self, prefix: str = "") -> list[str]: ...
@@ -105,8 +114,50 @@ def object_key(template: str, *, doc_type: str, sha256: str, name: str, zone: st
     return "/".join(parts)
 
 
+def part_bytes(size: int) -> int:
+    """PART_BYTES, or whole MiBs more when a file would need more than MAX_PARTS parts."""
+    needed = -(-size // MAX_PARTS)
+    return max(PART_BYTES, -(-needed // 2**20) * 2**20)
+
+
+def _read_part(handle: BinaryIO, offset: int, end: int, whole: Verifier) -> bytes:
+    return whole.update(b"".join(blocks(handle, end, start=offset)))
+
+
 def content_type(name: str) -> str:
     return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+
+
+class Verifier:
+    """The SHA-256 of the bytes actually sent, checked against the one the key was named
+    for before the object is made visible: a file changed since it was hashed is never
+    stored under its old content's key."""
+
+    def __init__(self, expected: bytes) -> None:
+        self.expected = expected
+        self.sha = hashlib.sha256()
+
+    def update(self, block: bytes) -> bytes:
+        self.sha.update(block)
+        liveness.moved()
+        return block
+
+    def check(self) -> None:
+        if self.sha.digest() != self.expected:
+            raise FileVanished("changed since it was hashed (the bytes read for the upload "
+                               "have another SHA-256): nothing was stored", outcome="superseded")
+
+
+def read_verified(handle: BinaryIO, size: int, sha256: bytes) -> bytes:
+    """The whole file from an open handle, if it still hashes to `sha256`."""
+    verifier = Verifier(sha256)
+    data = b"".join(verifier.update(block) for block in blocks(handle, size))
+    verifier.check()
+    return data
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 class FileStore:
@@ -127,35 +178,33 @@ class FileStore:
     def full_key(self, key: str) -> str:
         return key
 
-    async def put_file(self, key: str, path: Path) -> PutResult:
-        return await asyncio.to_thread(self._copy, key, path)
+    async def put_stream(self, key: str, handle: BinaryIO, size: int,
+                         sha256: bytes) -> PutResult:
+        return await asyncio.to_thread(self._write, key, blocks(handle, size), sha256)
 
-    def _copy(self, key: str, path: Path) -> PutResult:
-        with open(path, "rb") as src:
-            return self._write(key, iter(lambda: src.read(1 << 20), b""))
+    async def put_bytes(self, key: str, data: bytes, sha256: bytes | None = None) -> PutResult:
+        return await asyncio.to_thread(self._write, key, [data], sha256)
 
-    async def put_bytes(self, key: str, data: bytes) -> PutResult:
-        return await asyncio.to_thread(self._write, key, iter([data]))
-
-    def _write(self, key: str, blocks: Any) -> PutResult:
-        """Write to a temp file beside the target, fsync, then rename: never a partial object."""
+    def _write(self, key: str, parts: Iterable[bytes], sha256: bytes | None) -> PutResult:
+        """Write to a temp file beside the target, fsync, check the digest of what was written,
+        then rename: never a partial object, never one whose bytes its key does not name."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.md5(usedforsecurity=False)
+        verifier = Verifier(sha256 or b"")
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
         try:
             with os.fdopen(fd, "wb") as out:
-                for block in blocks:
-                    out.write(block)
-                    digest.update(block)
-                    liveness.moved()
+                for block in parts:
+                    out.write(verifier.update(block))
                 out.flush()
                 os.fsync(out.fileno())
+            if sha256 is not None:
+                verifier.check()
             Path(tmp).replace(target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return PutResult(self.url(key), digest.hexdigest())
+        return PutResult(self.url(key), verifier.sha.hexdigest())
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self._path(key).read_bytes)
@@ -199,35 +248,81 @@ class S3Store:
             extra["SSEKMSKeyId"] = self.settings.kms_key_id
         return extra
 
-    async def put_file(self, key: str, path: Path) -> PutResult:
-        size = (await asyncio.to_thread(path.stat)).st_size
+    async def put_stream(self, key: str, handle: BinaryIO, size: int,
+                         sha256: bytes) -> PutResult:
+        """Upload an open file's first `size` bytes, which must hash to `sha256`: in one PUT,
+        or in parts when large; the server checks each PUT's and each part's checksum."""
         if size >= self.settings.multipart_threshold:
-            return await self._put_multipart(key, path)
-        return await self.put_bytes(key, await asyncio.to_thread(path.read_bytes))
+            return await self._put_multipart(key, handle, size, sha256)
+        data = await asyncio.to_thread(read_verified, handle, size, sha256)
+        return await self.put_bytes(key, data, sha256)
 
-    async def _put_multipart(self, key: str, path: Path) -> PutResult:
-        """Stream a large file in parts; memory stays near (queue + concurrency) x part size
-        (24 MiB: with 16 MiB parts, 4 at once and a queue of 2 it was ~100 MiB)."""
-        from boto3.s3.transfer import TransferConfig
-
-        config = TransferConfig(multipart_threshold=int(self.settings.multipart_threshold),
-                                multipart_chunksize=PART_BYTES, max_concurrency=2,
-                                max_io_queue=1)
-        await self.client.upload_file(str(path), self.bucket, self.full_key(key),
-                                      ExtraArgs=self._extra(key), Config=config,
-                                      Callback=lambda _sent: liveness.moved())
-        head = await self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
-        return self._result(key, head)
-
-    async def put_bytes(self, key: str, data: bytes) -> PutResult:
+    async def put_bytes(self, key: str, data: bytes, sha256: bytes | None = None) -> PutResult:
+        """One PUT carrying the SHA-256 of `data` (given, or computed here), which the server
+        verifies before it stores anything."""
+        sha256 = sha256 or hashlib.sha256(data).digest()
         if self.direct is not None:
             headers = {_HEADERS[name]: value for name, value in self._extra(key).items()}
-            sent = await self.direct.put(self.bucket, self.full_key(key), data, headers)
+            sent = await self.direct.put(self.bucket, self.full_key(key), data, headers, sha256)
             return PutResult(self.url(key), sent.get("etag", "").strip('"') or None,
                              sent.get("x-amz-server-side-encryption"))
         response = await self.client.put_object(Bucket=self.bucket, Key=self.full_key(key),
-                                                Body=data, **self._extra(key))
+                                                Body=data, ChecksumSHA256=b64(sha256),
+                                                **self._extra(key))
         return self._result(key, response)
+
+    async def _put_multipart(self, key: str, handle: BinaryIO, size: int,
+                             sha256: bytes) -> PutResult:
+        """Parts carry their own SHA-256; the whole stream's is compared with `sha256` before
+        the upload is completed, else it is aborted and nothing appears under `key`."""
+        target = {"Bucket": self.bucket, "Key": self.full_key(key)}
+        created = await self.client.create_multipart_upload(
+            **target, ChecksumAlgorithm="SHA256", **self._extra(key))
+        target["UploadId"] = created["UploadId"]
+        try:
+            parts = await self._send_parts(target, handle, size, sha256)
+            response = await self.client.complete_multipart_upload(
+                **target, MultipartUpload={"Parts": parts})
+        except BaseException:
+            await self._abort(target)
+            raise
+        return self._result(key, response)
+
+    async def _send_parts(self, target: dict[str, str], handle: BinaryIO, size: int,
+                          sha256: bytes) -> list[dict[str, Any]]:
+        """Read parts in order (hashing the whole stream) while the previous one is sent:
+        at most two parts in flight, so memory stays near three parts."""
+        whole, tasks = Verifier(sha256), []
+        step = part_bytes(size)
+        try:
+            for number, offset in enumerate(range(0, size, step), start=1):
+                end = min(offset + step, size)
+                block = await asyncio.to_thread(_read_part, handle, offset, end, whole)
+                tasks.append(asyncio.create_task(self._send_part(target, number, block)))
+                if len(tasks) > 1:
+                    await tasks[-2]
+            parts = [await task for task in tasks]
+        finally:
+            for task in tasks:
+                task.cancel()
+        whole.check()
+        return parts
+
+    async def _send_part(self, target: dict[str, str], number: int,
+                         block: bytes) -> dict[str, Any]:
+        checksum = b64(hashlib.sha256(block).digest())
+        response = await self.client.upload_part(**target, PartNumber=number, Body=block,
+                                                 ChecksumSHA256=checksum)
+        liveness.moved()
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    async def _abort(self, target: dict[str, str]) -> None:
+        """Best effort: a server that is away keeps the incomplete upload (invisible, and
+        removed by a bucket lifecycle rule for incomplete uploads)."""
+        try:
+            await asyncio.wait_for(self.client.abort_multipart_upload(**target), ABORT_WAIT_S)
+        except Exception as exc:
+            log.warning("multipart_not_aborted", key=target["Key"], error=str(exc))
 
     def _result(self, key: str, response: dict[str, Any]) -> PutResult:
         etag = str(response.get("ETag", "")).strip('"') or None

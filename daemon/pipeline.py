@@ -56,11 +56,11 @@ async def process(rows: list[FileRow], env: Env) -> list[int]:
     quarantine), stage by stage, all files of a stage together. Returns the ids of files whose
     outcome could not be recorded (the ledger was away): their claims are to be given back."""
     jobs = [Job(row, env.zone(row.zone)) for row in rows]
-    with liveness.reporting(partial(env.ledger.moved, [row.id for row in rows])):
-        for stage in PLAN:  # hash -> upload -> store -> finish: one pass carries a file through
-            group = [job for job in pending(jobs) if job.row.stage == stage]
-            if group:
-                await _within_deadline(stage, group, env)
+    try:
+        await _run_stages(jobs, env)
+    finally:
+        for job in jobs:
+            job.close()
     env.stored.set()
     stranded = []
     for job in jobs:
@@ -71,6 +71,14 @@ async def process(rows: list[FileRow], env: Env) -> list[int]:
             log.warning("outcome_not_recorded", zone=job.row.zone, path=job.row.rel_path,
                         error=describe(exc))
     return stranded
+
+
+async def _run_stages(jobs: list[Job], env: Env) -> None:
+    with liveness.reporting(partial(env.ledger.moved, [job.row.id for job in jobs])):
+        for stage in PLAN:  # hash -> upload -> store -> finish: one pass carries a file through
+            group = [job for job in pending(jobs) if job.row.stage == stage]
+            if group:
+                await _within_deadline(stage, group, env)
 
 
 async def _within_deadline(stage: str, group: list[Job], env: Env) -> None:
@@ -178,6 +186,7 @@ def backoff_s(attempts: int, env: Env) -> float:
 async def _failed(job: Job, env: Env, exc: BaseException) -> None:
     gone = _vanished(exc)
     if gone is not None:
+        await finish.drop_object(job, env)
         await env.ledger.advance(job.row, "done", outcome=gone.outcome)
         job.metadata["reason"] = str(gone)
         return

@@ -20,7 +20,7 @@ from daemon.database import sql
 from daemon.embedders import create
 from daemon.embedders.pool import EmbedPool
 from daemon.errors import DaemonError
-from daemon.files import version_of
+from daemon.files import SourceFile, version_of
 from daemon.formats import BinaryContent
 from daemon.logs import get_logger
 from daemon.retry import describe
@@ -96,4 +96,5 @@ async def _sandboxed(data: bytes, kind: str, sessions: Sessions) -> str:
         path = Path(folder) / f"document.{kind}"
         path.write_bytes(data)
         limits = sessions.settings.extraction
-        return (await sandbox.extract(path, version_of(path.stat()), kind, limits)).text
+        source = SourceFile(path.parent, path.name, version_of(path.stat()))
+        return (await sandbox.extract(source, kind, limits)).text

@@ -43,7 +43,7 @@ class DirectPut:
         self.region = region
 
     async def put(self, bucket: str, key: str, body: bytes,
-                  headers: dict[str, str]) -> dict[str, str]:
+                  headers: dict[str, str], sha256: bytes | None = None) -> dict[str, str]:
         """PUT `body` at bucket/key; returns the response headers, names in lower case."""
         url = f"{self.endpoint}/{bucket}/{quote(key, safe='/~')}"
         signed = await self._sign(url, body, headers)

@@ -23,7 +23,7 @@ from typing import Any
 from daemon import formats, workers
 from daemon.config import ExtractionSettings
 from daemon.errors import DaemonError, FileVanished, PermanentError
-from daemon.files import open_version
+from daemon.files import SourceFile, open_version
 from daemon.formats import Extracted
 
 
@@ -36,15 +36,14 @@ _SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 POLL_S = 0.25  # how soon a cancelled extraction lets its thread go
 
 
-async def extract(path: Path, version: tuple[int, int], kind: str,
-                  limits: ExtractionSettings) -> Extracted:
+async def extract(source: SourceFile, kind: str, limits: ExtractionSettings) -> Extracted:
     """The text and metadata of one document, read in a sandboxed process; at most
     `limits.processes` at once, so a batch of PDFs cannot take all memory. Cancelling (a
     drain) kills the process within POLL_S rather than letting it run to its deadline."""
     cancelled = threading.Event()
     async with _slots(limits.processes):
         try:
-            return await asyncio.to_thread(_run, path, version, kind, limits, cancelled)
+            return await asyncio.to_thread(_run, source, kind, limits, cancelled)
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -57,11 +56,11 @@ def _slots(count: int) -> asyncio.Semaphore:
     return _SLOTS[loop]
 
 
-def _run(path: Path, version: tuple[int, int], kind: str, limits: ExtractionSettings,
+def _run(source: SourceFile, kind: str, limits: ExtractionSettings,
          cancelled: threading.Event) -> Extracted:
     context = workers.context()
     reader, writer = context.Pipe(duplex=False)
-    args = (writer, path, version, kind, limits, *workers.parent_state())
+    args = (writer, source, kind, limits, *workers.parent_state())
     process = context.Process(target=_child, args=args, name=f"extract-{kind}", daemon=True)
     process.start()
     writer.close()
@@ -104,12 +103,12 @@ def _wait(reader: Connection, timeout_s: float, cancelled: threading.Event) -> b
     return False
 
 
-def _child(writer: Connection, path: Path, version: tuple[int, int], kind: str,
-           limits: ExtractionSettings, daemon_pid: int, log_state: Any) -> None:
+def _child(writer: Connection, source: SourceFile, kind: str, limits: ExtractionSettings,
+           daemon_pid: int, log_state: Any) -> None:
     workers.setup(daemon_pid, log_state)
     _limit_memory(limits.memory)
     try:
-        with open_version(path, version) as handle:  # read exactly the version uploaded
+        with open_version(source) as handle:  # the version uploaded, beneath its zone
             result = formats.extract(Path(f"/proc/self/fd/{handle.fileno()}"), kind,
                                      limits.max_chars)
         writer.send(("ok", (result.text, result.metadata)))

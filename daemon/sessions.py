@@ -15,9 +15,8 @@ import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from functools import partial
-from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, BinaryIO, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -134,12 +133,16 @@ class Sessions:
 
     # -- objects ------------------------------------------------------------------------------
 
-    async def put_file(self, key: str, path: Path) -> PutResult:
-        """Upload a file (multipart when large) to `key` under the configured prefix."""
-        return await self._call("objects", f"put {key}", self.store.put_file, key, path)
+    async def put_stream(self, key: str, handle: BinaryIO, size: int,
+                         sha256: bytes) -> PutResult:
+        """Upload an open file (multipart when large) to `key` under the configured prefix;
+        FileVanished, and nothing stored, if its bytes no longer hash to `sha256`."""
+        return await self._call("objects", f"put {key}", self.store.put_stream, key, handle,
+                                size, sha256)
 
-    async def put_object(self, key: str, data: bytes) -> PutResult:
-        return await self._call("objects", f"put {key}", self.store.put_bytes, key, data)
+    async def put_object(self, key: str, data: bytes, sha256: bytes | None = None) -> PutResult:
+        return await self._call("objects", f"put {key}", self.store.put_bytes, key, data,
+                                sha256)
 
     async def get_object(self, key: str) -> bytes:
         return await self._call("objects", f"get {key}", self.store.get, key)

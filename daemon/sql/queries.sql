@@ -49,6 +49,14 @@ UPDATE dz_files AS f
  WHERE f.id = v.id AND f.claimed_by = $1
 RETURNING f.id;
 
+-- name: object_wanted
+-- Is an object still named: by a document (of any zone: content is shared when the key template
+-- has no {zone}), or by another file version on its way?
+SELECT EXISTS (SELECT 1 FROM documents WHERE object_url = $1)
+    OR EXISTS (SELECT 1 FROM dz_files
+                WHERE object_key = $2 AND id <> $3
+                  AND stage IN ('hash', 'upload', 'store', 'finish'));
+
 -- name: retry_later
 -- $5 is 1 when the attempt counts against the file's budget, 0 when a dependency was down.
 UPDATE dz_files

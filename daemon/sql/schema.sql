@@ -121,3 +121,11 @@ CREATE TABLE IF NOT EXISTS dz_daemons (
     stopped_at    timestamptz
 );
 INSERT INTO dz_schema (version) VALUES (5) ON CONFLICT DO NOTHING;
+
+-- version 6: objects are named by documents (object_url) or by files on their way (object_key).
+-- A file that ends without a document removes its object unless one of them still names it;
+-- `gc` sweeps what a crash left. Both ask "who names this object?" of these indexes.
+CREATE INDEX IF NOT EXISTS documents_object_url ON documents (object_url);
+CREATE INDEX IF NOT EXISTS dz_files_object_key ON dz_files (object_key)
+    WHERE stage IN ('hash', 'upload', 'store', 'finish');
+INSERT INTO dz_schema (version) VALUES (6) ON CONFLICT DO NOTHING;

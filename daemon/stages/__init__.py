@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from daemon.chunking import Chunk
 from daemon.config import Settings, ZoneSettings
 from daemon.embedders.pool import EmbedPool
 from daemon.errors import LeaseLost
+from daemon.files import SourceFile
 from daemon.ledger import FileRow, Ledger
 from daemon.sessions import Sessions
 
@@ -75,10 +76,28 @@ class Job:
     chunks: list[EmbeddedChunk] | None = None  # a small file's chunks and vectors
     chunk_stream: ChunkSource | None = None  # or a large file's, as a stream
     error: BaseException | None = None
+    handle: BinaryIO | None = None  # a large file, opened once, read by position by each stage
 
     @property
     def source(self) -> Path:
         return self.zone.path / self.row.fs_path
+
+    @property
+    def file(self) -> SourceFile:
+        return SourceFile(self.zone.path, self.row.fs_path, self.version)
+
+    def opened(self) -> BinaryIO:
+        """The file version, opened once (beneath its zone, no link followed) and kept open
+        until the job ends, so the bytes uploaded and read for text are the bytes hashed,
+        even if a file or link is swapped in at its path meanwhile."""
+        if self.handle is None:
+            self.handle = self.file.open()
+        return self.handle
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
     @property
     def version(self) -> tuple[int, int]:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import os
 from collections.abc import AsyncIterator
 from functools import partial
 
 from daemon import formats, sandbox
-from daemon.files import open_version
+from daemon.files import blocks, check_version
 from daemon.formats import BinaryContent, Markup
 from daemon.stages import Env, Job, each, timed
 
-BLOCK_BYTES = 1 << 20
 HEAD_BYTES = 8192
 SANDBOXED = frozenset({"pdf", "docx"})
 TEXT_KINDS = frozenset({"html", "markdown", "csv", "json", "text"})
@@ -46,7 +46,7 @@ def _kind(job: Job) -> str:
 
 async def _sandboxed(job: Job, env: Env) -> None:
     with timed([job], "extract"):
-        result = await sandbox.extract(job.source, job.version, _kind(job),
+        result = await sandbox.extract(job.file, _kind(job),
                                        env.settings.extraction)
     job.metadata.update(result.metadata)
     job.text = result.text
@@ -68,23 +68,26 @@ def _extract_all(jobs: list[Job], max_chars: int) -> None:
 
 async def read_text(job: Job, kind: str) -> AsyncIterator[str]:
     """Decoded text of a large file in blocks of about 1 MiB, in the codec its first block
-    shows (`formats.sniff_codec`); binary files yield nothing."""
+    shows (`formats.sniff_codec`); binary files yield nothing. Read from the descriptor that
+    was hashed and uploaded, which must still be that version at the end."""
     markup = Markup() if kind == "html" else None
     decoder: codecs.IncrementalDecoder | None = None
     job.metadata["chars"] = 0
-    with open_version(job.source, job.version) as handle:
-        while True:
-            with timed([job], "extract"):
-                block = await asyncio.to_thread(handle.read, BLOCK_BYTES)
-                decoder = decoder or _decoder_for(job, block)
-                if decoder is None:
-                    return
-                text = _decode(decoder, markup, block)
-            job.metadata["chars"] += len(text)
-            if text:
-                yield text
-            if not block:
+    handle = await asyncio.to_thread(job.opened)
+    reader = blocks(handle, job.row.size_bytes)
+    while True:
+        with timed([job], "extract"):
+            block = await asyncio.to_thread(next, reader, b"")
+            decoder = decoder or _decoder_for(job, block)
+            if decoder is None:
                 return
+            text = _decode(decoder, markup, block)
+        job.metadata["chars"] += len(text)
+        if text:
+            yield text
+        if not block:
+            check_version(os.fstat(handle.fileno()), job.version)
+            return
 
 
 def _decoder_for(job: Job, head: bytes) -> codecs.IncrementalDecoder | None:

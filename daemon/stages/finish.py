@@ -100,16 +100,23 @@ def quarantine_source(job: Job, reason: str) -> str | None:
 async def quarantine(job: Job, env: Env, reason: str) -> None:
     job.metadata["quarantined_to"] = await env.sessions.on_disk("quarantine", quarantine_source,
                                                                 job, reason)
-    await _delete_orphan(job, env)
+    await drop_object(job, env)
     await env.ledger.quarantine(job.row, reason)
 
 
-async def _delete_orphan(job: Job, env: Env) -> None:
-    """A file quarantined after its upload leaves no object behind (best effort: the object
-    store may refuse deletes under a least-privilege policy; then it is logged)."""
-    if job.row.stage != "store" or not job.row.object_key:
+async def drop_object(job: Job, env: Env) -> None:
+    """A file that ends without a document (quarantined, changed, deleted) leaves no object:
+    its own is deleted unless a document (of any zone: content is shared when the key template
+    has no {zone}) or another file on its way names it. Called while this row still owns its
+    content in its zone, so no other version can start storing the same object meanwhile.
+    Best effort: an object that cannot be deleted now (a store that is away, or that refuses
+    deletes under a least-privilege policy) is logged, and left for `python -m daemon gc`."""
+    row = job.row
+    if row.object_key is None or row.stage not in ("upload", "store"):
         return
     try:
-        await env.sessions.delete_object(job.row.object_key)
+        if not await env.ledger.object_wanted(row, env.sessions.object_url(row.object_key)):
+            await env.sessions.delete_object(row.object_key)
     except DaemonError as exc:
-        log.warning("orphan_object", key=job.row.object_key, error=str(exc))
+        log.warning("object_left", zone=row.zone, path=row.rel_path, key=row.object_key,
+                    error=str(exc), fix="python -m daemon gc")

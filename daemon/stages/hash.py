@@ -10,37 +10,40 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 
 from daemon import liveness
 from daemon.errors import PermanentError
-from daemon.files import open_version
+from daemon.files import blocks, check_version
 from daemon.objectstore import object_key
 from daemon.stages import Env, Job, advance, pending, timed
 
-BLOCK_BYTES = 1 << 20
 KEEP_BYTES = 256 * 1024  # files up to this size are held in memory between stages
 UNREADABLE = ("cannot read the file ({error}): give the daemon's user read access, then "
               "`python -m daemon quarantine retry`")
 
 
 def digest(job: Job, max_bytes: int) -> None:
-    """Stream the file through SHA-256 (keeping its bytes if small); it must not change."""
-    if job.row.size_bytes > max_bytes:
-        raise PermanentError(f"file is {job.row.size_bytes} bytes, over pipeline.max_file_bytes "
-                             f"({max_bytes})")
-    sha = hashlib.sha256()
-    kept: list[bytes] | None = [] if job.row.size_bytes <= KEEP_BYTES else None
+    """Stream the file through SHA-256; it must not change meanwhile. A small file's bytes
+    are kept; a large one stays open for the stages after this one (`Job.opened`)."""
+    size = job.row.size_bytes
+    if size > max_bytes:
+        raise PermanentError(f"file is {size} bytes, over pipeline.max_file_bytes ({max_bytes})")
+    sha, kept = hashlib.sha256(), []
     try:
-        with open_version(job.source, job.version) as handle:
-            while block := handle.read(BLOCK_BYTES):
-                sha.update(block)
-                liveness.moved()  # a large file's hash is work that moves: keep its claim
-                if kept is not None:
-                    kept.append(block)
+        handle = job.opened()
+        for block in blocks(handle, size):
+            sha.update(block)
+            liveness.moved()  # a large file's hash is work that moves: keep its claim
+            if size <= KEEP_BYTES:
+                kept.append(block)
+        check_version(os.fstat(handle.fileno()), job.version)
     except PermissionError as exc:
         raise PermanentError(UNREADABLE.format(error=exc.strerror or exc)) from exc
     job.row.sha256 = sha.hexdigest()
-    job.body = b"".join(kept) if kept is not None else None
+    if size <= KEEP_BYTES:
+        job.body = b"".join(kept)
+        job.close()
 
 
 def digest_all(jobs: list[Job], max_bytes: int) -> None:

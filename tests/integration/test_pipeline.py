@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+import boto3
 
 from daemon.config import Settings
 from daemon.supervisor import Supervisor
@@ -159,3 +162,39 @@ async def test_a_file_deleted_before_it_is_read_ends_as_vanished(
     assert (row.stage, row.outcome) == ("done", "vanished")
     assert env.counts == {"vanished": 1}
     assert Sinks(path).documents() == [] and Sinks(path).object_keys() == []
+
+
+async def test_a_file_quarantined_after_its_upload_leaves_no_object(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """A document that cannot be read is uploaded before extraction fails: its object goes
+    with it, so no object is left that no document names."""
+    path, settings = configure(tmp_path, database_url, s3_endpoint, bucket)
+    (tmp_path / "zones" / "docs" / "bad.docx").write_bytes(b"not a zip at all")
+    assert await Supervisor(settings, once=True).serve() == 1
+    sinks = Sinks(path)
+    assert sinks.query("SELECT stage, object_key FROM dz_files")[0]["stage"] == "quarantined"
+    assert sinks.query("SELECT object_key FROM dz_files")[0]["object_key"]
+    assert sinks.object_keys() == []
+
+
+async def test_an_object_another_zone_names_is_kept(
+        tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
+    """Content shared by zones (the key template has no {zone}): a file quarantined in one
+    zone does not take the object a document of another zone names."""
+    from daemon.objectstore import object_key
+
+    path, settings = configure(tmp_path, database_url, s3_endpoint, bucket)
+    assert await Supervisor(settings, once=True).serve() == 0  # the schema, nothing else
+    body = b"not a zip at all"
+    (tmp_path / "zones" / "docs" / "bad.docx").write_bytes(body)
+    key = object_key(settings.storage.key_template, doc_type="document", zone="docs",
+                     sha256=hashlib.sha256(body).hexdigest(), name="bad.docx")
+    url = f"s3://{bucket}/dz/{key}"
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key=f"dz/{key}",
+                                                            Body=body)
+    Sinks(path).query(
+        "INSERT INTO documents (zone, doc_type, source_path, object_url, sha256, size_bytes) "
+        "VALUES ('other', 'document', 'bad.docx', $1, $2, 16) RETURNING id",
+        url, hashlib.sha256(body).hexdigest())
+    assert await Supervisor(settings, once=True).serve() == 1
+    assert Sinks(path).object_keys() == [f"dz/{key}"]

@@ -52,12 +52,14 @@ async def test_large_files_go_up_in_parts(tmp_path: Path, database_url: str, s3_
     """A file over the multipart threshold is uploaded in parts and reads back identical."""
     storage = {**s3_storage(s3_endpoint, bucket), "multipart_threshold": "5MiB"}
     settings = settings_for(tmp_path, database_url, storage=storage)
-    big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(21 * 1024 * 1024))
+    body = os.urandom(21 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(body)
     async with Sessions(settings) as sessions:
-        put = await sessions.put_file("big.bin", big)
+        with (tmp_path / "big.bin").open("rb") as handle:
+            put = await sessions.put_stream("big.bin", handle, len(body),
+                                            hashlib.sha256(body).digest())
         assert put.etag is not None and put.etag.endswith("-3")  # 8, 8 and 5 MiB
-        assert await sessions.get_object("big.bin") == big.read_bytes()
+        assert await sessions.get_object("big.bin") == body
 
 
 async def test_unreachable_s3_is_transient_and_bounded(tmp_path: Path, database_url: str) -> None:

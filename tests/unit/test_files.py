@@ -1,11 +1,15 @@
-"""Free names for files moved to done/ or quarantine: never longer than the filesystem takes."""
+"""Files in zones: free names for files moved to done/ or quarantine (never longer than the
+filesystem takes); sources opened beneath their zone only; positional block reads."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from daemon.files import NAME_MAX_BYTES, free_path
+import pytest
+
+from daemon.errors import FileVanished
+from daemon.files import NAME_MAX_BYTES, SourceFile, blocks, free_path, open_version, version_of
 
 
 def test_a_taken_255_byte_name_is_cut_to_fit_with_its_number(tmp_path: Path) -> None:
@@ -41,3 +45,63 @@ def test_short_names_are_unchanged(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("taken")
     assert free_path(tmp_path / "a.txt").name == "a.1.txt"
     assert free_path(tmp_path / "b.txt").name == "b.txt"
+
+
+def _source(root: Path, rel: str) -> SourceFile:
+    return SourceFile(root, rel, version_of((root / rel).lstat()))
+
+
+def test_a_source_opens_beneath_its_zone(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_bytes(b"mine")
+    with open_version(_source(tmp_path, "sub/a.txt")) as handle:
+        assert handle.read() == b"mine"
+
+
+def test_a_folder_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    """A folder in the zone replaced by a link to a folder outside: the file behind it is
+    never opened, even with the same name and version."""
+    zone, outside = tmp_path / "zone", tmp_path / "outside"
+    (zone / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (zone / "sub" / "a.txt").write_bytes(b"mine")
+    source = _source(zone, "sub/a.txt")
+    (zone / "sub" / "a.txt").replace(outside / "a.txt")  # same inode, same version
+    (zone / "sub").rmdir()
+    (zone / "sub").symlink_to(outside)
+    with pytest.raises(FileVanished, match="symbolic link") as caught:
+        source.open()
+    assert caught.value.outcome == "superseded"
+
+
+def test_a_file_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"mine")
+    source = _source(tmp_path, "a.txt")
+    (tmp_path / "secret").write_bytes(b"not yours")
+    (tmp_path / "a.txt").unlink()
+    (tmp_path / "a.txt").symlink_to(tmp_path / "secret")
+    with pytest.raises(FileVanished, match="symbolic link"):
+        source.open()
+
+
+def test_a_zone_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    zone, elsewhere = tmp_path / "zone", tmp_path / "elsewhere"
+    zone.mkdir()
+    (zone / "a.txt").write_bytes(b"mine")
+    source = _source(zone, "a.txt")
+    zone.rename(elsewhere)
+    zone.symlink_to(elsewhere)
+    with pytest.raises(FileVanished, match="symbolic link"):
+        source.open()
+
+
+def test_blocks_read_by_position_up_to_the_size_given(tmp_path: Path) -> None:
+    """Positional reads: two readers of one handle do not disturb each other, and bytes
+    appended after the version was taken are not read."""
+    (tmp_path / "a").write_bytes(b"0123456789")
+    with open(tmp_path / "a", "rb") as handle:
+        first = blocks(handle, 10, block_bytes=4)
+        assert next(first) == b"0123"
+        assert b"".join(blocks(handle, 6, block_bytes=4)) == b"012345"
+        assert b"".join(first) == b"456789"
+        assert b"".join(blocks(handle, 20, start=8)) == b"89"
