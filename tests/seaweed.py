@@ -53,20 +53,24 @@ def _free_ports(count: int) -> list[int]:
 
 
 class SeaweedFS:
-    """One `weed mini` on loopback with one identity (the suite's AWS keys)."""
+    """One `weed mini` on loopback with one identity (the suite's AWS keys); `kms`: with its
+    local KMS, whose one key is `alias/seaweedfs-default` (SSE-KMS needs a KMS to store)."""
 
-    def __init__(self, access_key: str, secret_key: str) -> None:
-        self.access_key, self.secret_key = access_key, secret_key
+    def __init__(self, access_key: str, secret_key: str, kms: bool = False) -> None:
+        self.access_key, self.secret_key, self.kms = access_key, secret_key, kms
         self.folder = Path(tempfile.mkdtemp(prefix="dz-weed-"))
         self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def _command(self) -> list[str]:
-        identities = {"identities": [{
+        identities: dict[str, Any] = {"identities": [{
             "name": "test", "credentials": [{"accessKey": self.access_key,
                                              "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        if self.kms:
+            identities["kms"] = {"default_provider": "local",
+                                 "providers": {"local": {"type": "local"}}}
         s3_json = self.folder / "s3.json"
         s3_json.write_text(json.dumps(identities))
         (self.folder / "data").mkdir(exist_ok=True)
