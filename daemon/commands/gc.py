@@ -175,7 +175,7 @@ def as_json(sweep: Sweep, deleted: bool, now: datetime) -> dict[str, Any]:
     def entry_json(entry: ObjectEntry) -> dict[str, Any]:
         return {"key": entry.key, "size": entry.size, "modified": iso(entry.modified),
                 "age_s": round(age_s(entry, now), 1)}
-    return {"root": sweep.root, "deleted": deleted, "min_age_s": sweep.min_age_s,
+    return {"root": sweep.root, "dry_run": not deleted, "min_age_s": sweep.min_age_s,
             "orphans": [entry_json(entry) for entry in sweep.orphans],
             "removed": [entry_json(entry) for entry in sweep.removed],
             "kept_named_again": sweep.renamed, "failed": sweep.failed,

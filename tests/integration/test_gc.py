@@ -79,10 +79,9 @@ async def seed_rows(sessions: Sessions, seeded: Seeded) -> None:
 
 async def seed(sessions: Sessions) -> Seeded:
     """Every object but the young one, and the rows that name (or used to name) them."""
-    seeded = Seeded(*(key_of(name) for name in ("orphan", "young", "named", "in_flight",
-                                                "shared", "moved")),
-                    foreign=(".dropzone-check/0123456789abcdef0123456789abcdef",
-                             "notes/by-hand.txt"))
+    seeded = Seeded(key_of("orphan"), key_of("young"), key_of("named"), key_of("in_flight"),
+                    key_of("shared"), key_of("moved"),
+                    (".dropzone-check/0123456789abcdef0123456789abcdef", "notes/by-hand.txt"))
     for key in (seeded.kept() | {seeded.orphan}) - {seeded.young}:
         await sessions.put_object(key, key.encode())
     await seed_rows(sessions, seeded)
@@ -198,6 +197,7 @@ def test_gc_as_a_user_runs_it(tmp_path: Path, database_url: str, s3_endpoint: st
     deleted = gc_command(config, "--min-age-s", "0", "--delete", "--json")
     assert deleted.returncode == 0, deleted.stderr
     report: dict[str, Any] = json.loads(deleted.stdout)
+    assert report["dry_run"] is False
     assert [entry["key"] for entry in report["removed"]] == [seeded.orphan]
     assert report["left_alone"] == {"named": 4, "young": 0, "not_ours": 2}
     again = gc_command(config, "--min-age-s", "0", "--delete")
