@@ -13,8 +13,11 @@ left (a crash, a refused delete). An object is an *orphan*, and only then remove
 * it was last written more than `--min-age-s` ago (default an hour), so an upload whose row has
   not committed yet is never taken.
 
-A dry run by default. With `--delete`, each batch is asked again just before it goes, so a file
-that took up the same content meanwhile keeps it.
+A dry run by default. With `--delete`, orphans are asked again a few hundred at a time just
+before they go, so a file that took up the same content since the listing keeps it. What
+remains is the time between that question and the delete: a file that fixes the same key and
+uploads it within it loses its object. It takes the same content dropped again at that very
+moment; a conditional delete could close it, but a rewrite of the same bytes has the same ETag.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from daemon.sessions import Sessions
 
 DEFAULT_MIN_AGE_S = 3600.0
 BATCH = 5000  # keys per `gc_named` call: each call scans documents and dz_files at most once
+RECHECK = 200  # orphans asked again at once, then deleted: a fraction of a second apart
 DELETES_AT_ONCE = 8
 _SHA256 = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
@@ -95,8 +99,8 @@ async def find_orphans(sessions: Sessions, min_age_s: float,
 
 async def remove(sessions: Sessions, sweep: Sweep) -> None:
     """Delete the orphans, a batch at a time, each batch asked again just before it goes."""
-    for start in range(0, len(sweep.orphans), BATCH):
-        batch = sweep.orphans[start:start + BATCH]
+    for start in range(0, len(sweep.orphans), RECHECK):
+        batch = sweep.orphans[start:start + RECHECK]
         named = await named_keys(sessions, [entry.key for entry in batch])
         sweep.renamed.extend(entry.key for entry in batch if entry.key in named)
         gate = asyncio.Semaphore(DELETES_AT_ONCE)
