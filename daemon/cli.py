@@ -1,11 +1,11 @@
 """Command line: parsing and dispatch. `run` (the default, with `--once`) starts the supervisor;
-`check`, `status`, `quarantine`, `search` and `reembed` are operator commands in
+`check`, `status`, `quarantine`, `search`, `reembed` and `gc` are operator commands in
 `daemon.commands`, one module each.
 
 Exit codes: 0 all good; 1 some files quarantined (`--once`), or not all could be put back
-(`quarantine retry`); 2 bad config or usage; 3 a dependency could not be reached (or `check`
-found one failing); 4 and 5 `check` only (a zone folder unusable; the clock off S3's);
-130 interrupted.
+(`quarantine retry`) or removed (`gc --delete`); 2 bad config or usage; 3 a dependency could
+not be reached (or `check` found one failing); 4 and 5 `check` only (a zone folder unusable;
+the clock off S3's); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon import __version__, config, logs
-from daemon.commands import check, quarantine, reembed, search, status
+from daemon.commands import check, gc, quarantine, reembed, search, status
 from daemon.config import DEFAULT_CONFIG, Settings
 from daemon.errors import EXIT_USAGE, ConfigError
 from daemon.search import Query
@@ -27,7 +27,7 @@ from daemon.search import Query
 if TYPE_CHECKING:
     from daemon.progress import Progress
 
-COMMANDS = ("run", "check", "status", "quarantine", "search", "reembed")
+COMMANDS = ("run", "check", "status", "quarantine", "search", "reembed", "gc")
 RAW = argparse.RawDescriptionHelpFormatter
 EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a process ended by SIGPIPE
 EPILOG = """examples:
@@ -39,12 +39,14 @@ EPILOG = """examples:
   python -m daemon quarantine retry --all                   put quarantined files back
   python -m daemon search "quarterly revenue" --zone reports --limit 5
   python -m daemon reembed --provider sentence --model all-MiniLM-L6-v2 --replace
+  python -m daemon gc                                       objects nothing names (a dry run)
 
 the config is --config PATH, else $DROPZONE_CONFIG, else config/drop_zones.yaml.
 `python -m daemon COMMAND --help` says more about each command.
 
 exit codes:
-  0 all good · 1 some files quarantined (--once) or not put back (quarantine retry)
+  0 all good · 1 some files quarantined (--once), not put back (quarantine retry)
+    or not removed (gc --delete)
   2 bad config or usage · 3 a dependency could not be reached · 130 interrupted
   (check adds 4 and 5: see `check --help`)
 """
@@ -110,6 +112,29 @@ REEMBED_EPILOG = """examples:
 """
 
 
+GC_EPILOG = f"""an object is an orphan, and removed by --delete, when its key holds a SHA-256
+(as every key template does: other objects, such as check's probes, are never touched), no
+documents row names it (content shared by zones stays while any zone's row names it), no file
+in flight names it, and it was last written more than --min-age-s ago (default
+{gc.DEFAULT_MIN_AGE_S:.0f}: an upload whose row has not committed yet is never taken).
+Without --delete nothing is removed: one line per orphan (age, size, key), then a summary.
+
+exit codes: 0 done · 1 some orphans could not be removed · 2 usage · 3 a dependency unreachable
+
+examples:
+  python -m daemon gc                        what would be removed
+  python -m daemon gc --delete               remove it, one line per object removed
+  python -m daemon gc --json | jq '.orphans[].key'
+"""
+
+
+def _min_age(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
 class MissingConfig(Exception):
     """No config file where one was looked for."""
 
@@ -147,7 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     _quarantine_parser(commands, common)
     _search_parser(commands, common)
     _reembed_parser(commands, common)
+    _gc_parser(commands, common)
     return parser
+
+
+def _gc_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    sweep = commands.add_parser(
+        "gc", parents=[common], help="find (and --delete) objects nothing names",
+        epilog=GC_EPILOG, formatter_class=RAW,
+        description="Objects under storage.url that no document and no file in flight names: "
+        "left by files superseded, quarantined or deleted before their row committed.")
+    sweep.add_argument("--delete", action="store_true", help="remove them (default: a dry run)")
+    sweep.add_argument("--min-age-s", type=_min_age, default=gc.DEFAULT_MIN_AGE_S,
+                       metavar="N", help="only objects last written more than N seconds ago "
+                       f"(default {gc.DEFAULT_MIN_AGE_S:.0f})")
+    sweep.add_argument("--json", action="store_true", help="one JSON document")
 
 
 def _quarantine_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -289,6 +328,8 @@ DISPATCH: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         args.query, args.zone, args.doc_type, max(1, args.limit)), args.json)),
     "reembed": lambda settings, args: reembed.run(settings, args.provider, args.model,
                                                   args.zone, args.replace),
+    "gc": lambda settings, args: asyncio.run(gc.run(settings, args.delete, args.min_age_s,
+                                                    args.json)),
 }
 
 

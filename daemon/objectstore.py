@@ -51,6 +51,16 @@ class PutResult:
     sse: str | None = None  # the encryption the store says it applied
 
 
+@dataclass(frozen=True)
+class ObjectEntry:
+    """One stored object as a listing gives it: its key (relative to the store's root or
+    prefix), when it was last written (UTC) and its size."""
+
+    key: str
+    modified: datetime
+    size: int
+
+
 class ObjectStore(Protocol):
     """What every store offers; keys are relative to the store's root or prefix."""
 
@@ -62,6 +72,7 @@ class ObjectStore(Protocol):
     async def get(self, key: str) -> bytes: ...
     async def delete(self, key: str) -> None: ...
     async def list_keys(self, prefix: str = "") -> list[str]: ...
+    async def list_entries(self, prefix: str = "") -> list[ObjectEntry]: ...
 
 
 def _safe_char(ch: str) -> str:
@@ -222,6 +233,21 @@ class FileStore:
         return sorted(k for k in keys
                       if k.startswith(prefix) and not PurePosixPath(k).name.startswith(".put-"))
 
+    async def list_entries(self, prefix: str = "") -> list[ObjectEntry]:
+        """Every object under `prefix` with its mtime and size (temp files of puts left out)."""
+        return await asyncio.to_thread(self._entries, prefix)
+
+    def _entries(self, prefix: str) -> list[ObjectEntry]:
+        entries = []
+        for key in self._list(prefix):
+            try:
+                stat = self._path(key).stat()
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            entries.append(ObjectEntry(key, datetime.fromtimestamp(stat.st_mtime, UTC),
+                                       stat.st_size))
+        return entries
+
 
 class S3Store:
     """Objects in a bucket under a prefix, through one aioboto3 client."""
@@ -343,6 +369,17 @@ class S3Store:
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
             keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
         return keys
+
+    async def list_entries(self, prefix: str = "") -> list[ObjectEntry]:
+        """Every object under `prefix` with its `LastModified` and size, a page at a time."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        entries: list[ObjectEntry] = []
+        strip = len(self.full_key(""))
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+            entries.extend(ObjectEntry(item["Key"][strip:], item["LastModified"],
+                                       int(item.get("Size", 0)))
+                           for item in page.get("Contents", []))
+        return entries
 
 
 async def preload_sdk(settings: StorageSettings) -> None:

@@ -26,7 +26,7 @@ from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
 from daemon.health import Health
 from daemon.logs import about, get_logger
-from daemon.objectstore import ObjectStore, PutResult, open_store, preload_sdk
+from daemon.objectstore import ObjectEntry, ObjectStore, PutResult, open_store, preload_sdk
 from daemon.retry import Breaker, RetryPolicy, describe
 from daemon.tracking import Tracking
 
@@ -152,6 +152,10 @@ class Sessions:
 
     async def list_objects(self, prefix: str = "") -> list[str]:
         return await self._call("objects", f"list {prefix}", self.store.list_keys, prefix)
+
+    async def list_object_entries(self, prefix: str = "") -> list[ObjectEntry]:
+        """Every object under `prefix` with when it was last written and its size."""
+        return await self._call("objects", f"list {prefix}", self.store.list_entries, prefix)
 
     def object_url(self, key: str) -> str:
         return self.store.url(key)

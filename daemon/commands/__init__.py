@@ -1,5 +1,5 @@
-"""Operator commands behind the command line: `check`, `status`, `quarantine`, `search` and
-`reembed`, one module each; `daemon.cli` only parses arguments and dispatches here.
+"""Operator commands behind the command line: `check`, `status`, `quarantine`, `search`,
+`reembed` and `gc`, one module each; `daemon.cli` only parses arguments and dispatches here.
 
 What they share lives here: how a failure is put in plain words with what to do about it (and
 which exit code it means), and how names from the ledger are shown on one line. Nothing here

@@ -404,3 +404,26 @@ SELECT d.dependency, count(f.id) AS files
    AND (f.stage = d.stage
         OR (f.next_attempt_at > now() AND f.last_error LIKE d.dependency || ' unavailable%'))
  GROUP BY d.dependency;
+
+-- gc -------------------------------------------------------------------------------------------
+-- `gc` (daemon/commands/gc.py): which of the objects it listed something still names.
+
+-- name: gc_named
+-- Of these objects (keys $1, their URLs $2 in the same order), the keys something still names:
+-- a documents row by its object_url (content shared by zones: any one of them); a ledger row
+-- not at its end (a file between hash, which fixes the key, and store); or the ledger row that
+-- stored a document that still exists (a document stored before the store's folder or bucket
+-- was renamed names its object only this way). One statement, so one snapshot: a document and
+-- its ledger row commit together, and a file is seen on one side or the other, never neither.
+-- Each branch is a semi-join, so without an index on documents.object_url or
+-- dz_files.object_key each table is scanned once per call, not once per key.
+WITH c AS (SELECT * FROM unnest($1::text[], $2::text[]) AS c (key, url))
+SELECT key FROM c WHERE EXISTS (SELECT 1 FROM documents AS d WHERE d.object_url = c.url)
+UNION
+SELECT key FROM c WHERE EXISTS (SELECT 1 FROM dz_files AS f
+                                 WHERE f.object_key = c.key
+                                   AND f.stage NOT IN ('done', 'quarantined'))
+UNION
+SELECT key FROM c WHERE EXISTS (SELECT 1 FROM dz_files AS f
+                                  JOIN documents AS d ON d.id = f.document_id
+                                 WHERE f.object_key = c.key);

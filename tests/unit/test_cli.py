@@ -35,7 +35,8 @@ from daemon.objectstore import FileStore
 from tests.helpers import settings_for
 
 HELP_COMMANDS = [["run"], ["check"], ["status"], ["quarantine"], ["quarantine", "list"],
-                 ["quarantine", "show"], ["quarantine", "retry"], ["search"], ["reembed"], []]
+                 ["quarantine", "show"], ["quarantine", "retry"], ["search"], ["reembed"], ["gc"],
+                 []]
 
 
 def test_run_is_the_default_command() -> None:
