@@ -261,7 +261,11 @@ class Daemon:
 
     def wait(self, timeout_s: float = 300) -> int:
         assert self.process is not None
-        code = self.process.wait(timeout_s)
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            tail = "".join(self.raw[-40:])
+            raise AssertionError(f"no exit after {timeout_s} s; the log ends:\n{tail}") from None
         time.sleep(0.05)  # let the reader thread take the last lines
         return code
 
