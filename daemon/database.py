@@ -34,6 +34,7 @@ log = get_logger("dropzone.database")
 SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
 SCHEMA_VERSION = 6  # schema.sql's version; bump it with every change to the schema
 EMBEDDED_DB = "dropzone"
+IDLE_FLOOR_S = 10.0  # never end a transaction idle for less (a busy event loop may pause)
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 
@@ -192,6 +193,10 @@ class Database(AbstractAsyncContextManager["Database"]):
         )
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        """A transaction left idle past the deadline is ended by the server: a connection that
+        froze mid-transaction (a NAT that forgot it) must not hold its row locks for ever."""
+        idle_ms = int(max(self.settings.database.command_timeout_s, IDLE_FLOOR_S) * 1000)
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
         if self.vector:
             from pgvector.asyncpg import register_vector
 

@@ -131,8 +131,11 @@ def part_bytes(size: int) -> int:
     return max(PART_BYTES, -(-needed // 2**20) * 2**20)
 
 
-def _read_part(handle: BinaryIO, offset: int, end: int, whole: Verifier) -> bytes:
-    return whole.update(b"".join(blocks(handle, end, start=offset)))
+def _read_part(handle: BinaryIO, offset: int, end: int, whole: Verifier) -> tuple[bytes, str]:
+    """A part's bytes and their own SHA-256 (base64), fed to the whole stream's digest too;
+    run in a thread, so hashing a part never holds the event loop."""
+    block = whole.update(b"".join(blocks(handle, end, start=offset)))
+    return block, b64(hashlib.sha256(block).digest())
 
 
 def content_type(name: str) -> str:
@@ -323,8 +326,8 @@ class S3Store:
         try:
             for number, offset in enumerate(range(0, size, step), start=1):
                 end = min(offset + step, size)
-                block = await asyncio.to_thread(_read_part, handle, offset, end, whole)
-                tasks.append(asyncio.create_task(self._send_part(target, number, block)))
+                part = await asyncio.to_thread(_read_part, handle, offset, end, whole)
+                tasks.append(asyncio.create_task(self._send_part(target, number, *part)))
                 if len(tasks) > 1:
                     await tasks[-2]
             parts = [await task for task in tasks]
@@ -334,9 +337,8 @@ class S3Store:
         whole.check()
         return parts
 
-    async def _send_part(self, target: dict[str, str], number: int,
-                         block: bytes) -> dict[str, Any]:
-        checksum = b64(hashlib.sha256(block).digest())
+    async def _send_part(self, target: dict[str, str], number: int, block: bytes,
+                         checksum: str) -> dict[str, Any]:
         response = await self.client.upload_part(**target, PartNumber=number, Body=block,
                                                  ChecksumSHA256=checksum)
         liveness.moved()

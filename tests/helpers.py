@@ -298,7 +298,7 @@ class Daemon:
             self.process.wait(30)
 
 
-def settings_for(folder: Path, database_url: str, **sections: Any) -> Settings:
+def settings_for(folder: Path, database_url: str | dict[str, Any], **sections: Any) -> Settings:
     """Settings for in-process tests, from the same YAML a user would write."""
     path = write_config(folder, database=database_url, **sections)
     return config.load(path, env={})

@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from daemon import database
 from daemon.database import SCHEMA_VERSION, Database
 from daemon.errors import ConfigError
 from tests.helpers import settings_for
@@ -74,3 +75,20 @@ async def test_embedded_postgres_has_pgvector(tmp_path: Path) -> None:
         assert db.vector is True
         assert await db.pool.fetchval("SELECT current_database()") == "dropzone"
     assert (tmp_path / "var" / "pg" / "PG_VERSION").exists()
+
+
+async def test_a_transaction_left_idle_is_ended_and_its_locks_freed(
+        tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection that freezes mid-transaction (its client gone quiet, a NAT that
+    forgot it) does not hold its row locks for ever: past the deadline the server ends it."""
+    monkeypatch.setattr(database, "IDLE_FLOOR_S", 0.5)
+    settings = settings_for(tmp_path, {"url": database_url, "command_timeout_s": 0.5})
+    async with Database(settings) as db, db.pool.acquire() as frozen:
+        await frozen.execute("BEGIN")
+        await frozen.execute("SELECT * FROM dz_schema FOR UPDATE")
+        await asyncio.sleep(1.5)  # idle in the transaction, past the deadline
+        async with db.pool.acquire() as other, other.transaction():
+            await other.execute("SET lock_timeout = 2000")
+            await other.execute("SELECT * FROM dz_schema FOR UPDATE")  # the lock is free
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await frozen.execute("SELECT 1")
