@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
-import psycopg2
 
 from daemon.identity import alive
 
@@ -251,13 +250,21 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
+def _connect(url: str) -> Any:
+    """A psycopg2 connection; imported here, so the helpers above (processes, the machine)
+    serve benchmarks that need no Postgres, on a dev install without bench/requirements.txt."""
+    import psycopg2
+
+    return psycopg2.connect(url)
+
+
 @contextlib.contextmanager
 def admin() -> Iterator[object]:
     """An autocommit connection to the server's maintenance database (CREATE/DROP DATABASE)."""
     url = server_url()
     if not urlsplit(url).path.strip("/"):
         url = with_database(url, "postgres")
-    conn = psycopg2.connect(url)
+    conn = _connect(url)
     conn.autocommit = True
     try:
         yield conn
@@ -297,7 +304,7 @@ def drop_stale_databases() -> list[str]:
 
 def _scalar(url: str, query: str) -> Any:
     """The one value `query` returns from the database at `url`."""
-    conn = psycopg2.connect(url)
+    conn = _connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute(query)
