@@ -36,7 +36,6 @@ from daemon.embedders import create
 from daemon.embedders.hashing import HashingEmbedder
 from daemon.search import Query as Search
 from daemon.search import search
-from daemon.sessions import copy_embeddings
 
 MODELS = {"hashing": {"provider": "hashing", "model": "hashing"},
           "minilm": {"provider": "sentence", "model": "all-MiniLM-L6-v2"}}
@@ -98,7 +97,7 @@ async def fill(url: str, chunks: int) -> None:
                  embedder.name) for i in range(chunks)]
         if db.vector:  # built once over all rows: faster than growing it row by row
             await conn.execute("DROP INDEX IF EXISTS document_embeddings_hnsw")
-        copied = await copy_embeddings(conn, rows, db.vector)
+        copied = await db.copy_embeddings(conn, rows)
         if db.vector:
             await conn.execute(sql("hnsw_index"))
         await conn.execute("ANALYZE")  # as autovacuum would soon: plans see the real sizes

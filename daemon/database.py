@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import warnings
+from collections.abc import AsyncIterable, Iterable
 from contextlib import AbstractAsyncContextManager
 from functools import cache
 from importlib import resources
@@ -22,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from daemon import failpoints
+from daemon import failpoints, pgcopy
 from daemon.config import DatabaseSettings, Settings
 from daemon.errors import ConfigError, DependencyError
 from daemon.files import exclusive
@@ -34,6 +35,11 @@ log = get_logger("dropzone.database")
 SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
 SCHEMA_VERSION = 6  # schema.sql's version; bump it with every change to the schema
 EMBEDDED_DB = "dropzone"
+EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
+                     "embedding", "model")
+# a large file's COPY lasts as long as its embedding: asyncpg's own deadline is only a backstop;
+# each wait on the server is bounded by command_timeout_s, each wait on our rows by the stage's
+COPY_TIMEOUT_S = 7 * 86400.0
 IDLE_FLOOR_S = 10.0  # never end a transaction idle for less (a busy event loop may pause)
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
@@ -153,8 +159,8 @@ class Database(AbstractAsyncContextManager["Database"]):
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            await _close(pool, self.settings.database.command_timeout_s)
 
     async def _uri(self) -> str:
         url = self.settings.database.url
@@ -192,6 +198,22 @@ class Database(AbstractAsyncContextManager["Database"]):
             init=self._init_connection, connect=connect, max_inactive_connection_lifetime=300,
         )
 
+    async def copy_embeddings(self, conn: asyncpg.Connection,
+                              rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
+                              ) -> int:
+        """Binary COPY of EMBEDDING_COLUMNS rows (encoded by daemon.pgcopy); the row count.
+        The stream lasts as long as its rows take to come, but a server that stops answering
+        (or reading) is given command_timeout_s, as any query is: then TimeoutError."""
+        counted, loop = [0], asyncio.get_running_loop()
+        limit = self.settings.database.command_timeout_s
+        async with asyncio.timeout(loop.time() + limit) as deadline:
+            def turn(server: bool) -> None:
+                deadline.reschedule(loop.time() + limit if server else None)
+            await conn.copy_to_table(
+                "document_embeddings", source=pgcopy.stream(rows, self.vector, counted, turn),
+                columns=EMBEDDING_COLUMNS, format="binary", timeout=COPY_TIMEOUT_S)
+        return counted[0]
+
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         """A transaction left idle past the deadline is ended by the server: a connection that
         froze mid-transaction (a NAT that forgot it) must not hold its row locks for ever."""
@@ -201,6 +223,16 @@ class Database(AbstractAsyncContextManager["Database"]):
             from pgvector.asyncpg import register_vector
 
             await register_vector(conn)
+
+
+async def _close(pool: asyncpg.Pool, wait_s: float) -> None:
+    """Close the pool gracefully if the server answers, else drop its connections: a connection
+    that froze must not hold up (or fail) the daemon's exit."""
+    try:
+        await asyncio.wait_for(pool.close(), wait_s)
+    except Exception as exc:  # TimeoutError, or the connection's own error
+        log.warning("postgres_connections_dropped", reason=describe(exc))
+        pool.terminate()
 
 
 async def _create_index(conn: asyncpg.Connection) -> None:

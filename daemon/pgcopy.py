@@ -9,7 +9,7 @@ length-prefixed fields, then a trailer).
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -56,18 +56,29 @@ async def _rows(rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
             yield row
 
 
+def _no_turns(server: bool) -> None:
+    return None
+
+
 async def stream(rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]],
-                 native: bool, counted: list[int]) -> AsyncIterator[bytes]:
-    """The whole COPY stream in pieces of about 256 KiB; `counted[0]` ends as the row count."""
+                 native: bool, counted: list[int],
+                 turn: Callable[[bool], None] = _no_turns) -> AsyncIterator[bytes]:
+    """The whole COPY stream in pieces of about 256 KiB; `counted[0]` ends as the row count.
+    `turn(False)` while the rows are being made (our side), `turn(True)` while a piece is
+    with the server, until the next one is asked for."""
     buffer = [HEADER]
     size = len(HEADER)
+    turn(False)
     async for row in _rows(rows):
         encoded = encode_row(row, native)
         buffer.append(encoded)
         size += len(encoded)
         counted[0] += 1
         if size >= _FLUSH_BYTES:
+            turn(True)
             yield b"".join(buffer)
+            turn(False)
             buffer, size = [], 0
     buffer.append(TRAILER)
+    turn(True)
     yield b"".join(buffer)

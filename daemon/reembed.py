@@ -24,7 +24,7 @@ from daemon.files import SourceFile, version_of
 from daemon.formats import BinaryContent
 from daemon.logs import get_logger
 from daemon.retry import describe
-from daemon.sessions import Connection, Sessions, copy_embeddings
+from daemon.sessions import Connection, Sessions
 from daemon.stages.extract import HEAD_BYTES, SANDBOXED, TEXT_KINDS
 
 log = get_logger("dropzone.reembed")
@@ -73,7 +73,7 @@ async def _one(row: Any, sessions: Sessions, pool: EmbedPool, replace: bool) -> 
     async def write(conn: Connection) -> int:
         if replace:
             await conn.execute(sql("drop_other_models"), row["id"], pool.name)
-        return await copy_embeddings(conn, rows, sessions.db.vector)
+        return await sessions.db.copy_embeddings(conn, rows)
     return await sessions.transaction(write)
 
 

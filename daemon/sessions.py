@@ -20,7 +20,6 @@ from typing import Any, BinaryIO, TypeAlias, TypeVar
 
 import asyncpg
 
-from daemon import pgcopy
 from daemon.config import Settings
 from daemon.database import Database, server_facts
 from daemon.errors import DaemonError, Misconfigured, TransientError
@@ -32,13 +31,8 @@ from daemon.tracking import Tracking
 
 T = TypeVar("T")
 log = get_logger("dropzone.sessions")
-EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
-                     "embedding", "model")
 Connection: TypeAlias = asyncpg.Connection
 DEPENDENCIES = ("objects", "postgres", "mlflow", "state")  # state: done/quarantine folders
-# a large file's COPY lasts as long as its embedding: not database.command_timeout_s, but the
-# pipeline's stage deadline (work that stops moving) bounds it
-COPY_TIMEOUT_S = 7 * 86400.0
 
 
 class Sessions:
@@ -186,8 +180,8 @@ class Sessions:
     ) -> int:
         """COPY rows of EMBEDDING_COLUMNS into document_embeddings (binary, encoded by us)."""
         if conn is not None:
-            return await copy_embeddings(conn, rows, self.db.vector)
-        return await self.transaction(lambda c: copy_embeddings(c, rows, self.db.vector))
+            return await self.db.copy_embeddings(conn, rows)
+        return await self.transaction(lambda c: self.db.copy_embeddings(c, rows))
 
     # -- mlflow -------------------------------------------------------------------------------
 
@@ -247,17 +241,6 @@ def _tag_experiment(client: Any, experiment_id: str) -> str:
 async def probe_mlflow(tracking: Tracking, policy: RetryPolicy) -> str:
     """Write a tag on the experiment: proves the store and the experiment are writable."""
     return await policy.call("mlflow check", tracking.call, _tag_experiment)
-
-
-async def copy_embeddings(conn: Connection,
-                          rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]],
-                          native: bool) -> int:
-    """Binary COPY into document_embeddings, encoded by daemon.pgcopy; returns the row count.
-    `native`: the column is pgvector's `vector`, else `real[]`."""
-    counted = [0]
-    await conn.copy_to_table("document_embeddings", source=pgcopy.stream(rows, native, counted),
-                             columns=EMBEDDING_COLUMNS, format="binary", timeout=COPY_TIMEOUT_S)
-    return counted[0]
 
 
 def _log_run(client: Any, experiment_id: str, params: Mapping[str, Any],

@@ -98,6 +98,8 @@ class FaultProxy:
             await self._serve(reader, writer)
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:  # stop(): end quietly (asyncio logs a cancelled handler)
+            return
         finally:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):

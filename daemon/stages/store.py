@@ -19,7 +19,6 @@ import asyncpg
 
 from daemon.database import sql
 from daemon.objectstore import content_type
-from daemon.sessions import copy_embeddings
 from daemon.stages import EmbeddedChunk, Env, Job, advance, pending
 
 LAZY_STAGES = ("extract", "embed")  # a large file's are spent while this stage consumes them
@@ -58,7 +57,7 @@ async def _store(jobs: list[Job], env: Env, clock: _StoreClock,
                  conn: asyncpg.Connection) -> None:
     fresh = await _documents(conn, jobs, env)
     counts: Counter[int] = Counter()
-    await copy_embeddings(conn, _rows(fresh, env, counts), env.sessions.db.vector)
+    await env.sessions.db.copy_embeddings(conn, _rows(fresh, env, counts))
     for job in fresh:
         job.row.chunks = counts[job.row.id]
         if job.chunk_stream is not None:  # its metadata (chars, binary) is known only now

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -11,7 +13,7 @@ import pytest
 from daemon import database
 from daemon.database import SCHEMA_VERSION, Database
 from daemon.errors import ConfigError
-from tests.helpers import settings_for
+from tests.helpers import proxy_for, settings_for, via_proxy
 
 
 async def pgvector_available(url: str) -> bool:
@@ -92,3 +94,46 @@ async def test_a_transaction_left_idle_is_ended_and_its_locks_freed(
             await other.execute("SELECT * FROM dz_schema FOR UPDATE")  # the lock is free
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
             await frozen.execute("SELECT 1")
+
+
+async def a_document(db: Database) -> int:
+    return int(await db.pool.fetchval(
+        "INSERT INTO documents (zone, doc_type, source_path, object_url, sha256, size_bytes) "
+        "VALUES ('z', 'd', 'a.txt', 'file:///a', repeat('0', 64), 1) RETURNING id"))
+
+
+def chunk_rows(doc: int, count: int, dim: int = 384) -> list[tuple[object, ...]]:
+    return [(doc, i, "k", "d", f"chunk {i}", 0, [0.5] * dim, "m") for i in range(count)]
+
+
+async def test_a_copy_to_a_server_that_stops_answering_times_out(
+        tmp_path: Path, database_url: str) -> None:
+    """The chunk COPY has no overall deadline (a large file's lasts as long as its
+    embedding), but each wait on the server gets command_timeout_s, like any query."""
+    proxy = proxy_for(database_url)
+    try:
+        url = via_proxy(database_url, proxy)
+        settings = settings_for(tmp_path, {"url": url, "command_timeout_s": 0.5})
+        async with Database(settings) as db, db.pool.acquire() as conn:
+            rows = chunk_rows(await a_document(db), 2000)  # several pieces of the stream
+            proxy.set("blackhole")
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(db.copy_embeddings(conn, rows), 30)
+            assert time.monotonic() - started < 15, "the COPY waited on a silent server"
+    finally:
+        proxy.stop()
+
+
+async def test_a_copy_whose_rows_come_slowly_is_not_cut_short(
+        tmp_path: Path, database_url: str) -> None:
+    """Waiting on our own rows (embedding a large file) is not the server's delay."""
+    settings = settings_for(tmp_path, {"url": database_url, "command_timeout_s": 0.3})
+    async with Database(settings) as db, db.pool.acquire() as conn:
+        rows = chunk_rows(await a_document(db), 3)
+
+        async def slowly() -> AsyncIterator[tuple[object, ...]]:
+            for row in rows:
+                await asyncio.sleep(0.6)
+                yield row
+        assert await db.copy_embeddings(conn, slowly()) == 3
