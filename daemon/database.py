@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shutil
 import warnings
 from collections.abc import AsyncIterable, Iterable
@@ -139,6 +140,8 @@ class Database(AbstractAsyncContextManager["Database"]):
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self.vector = False
+        self.tag = f"dropzone {secrets.token_hex(6)}"  # application_name of our sessions
+        self.backends: set[int] = set()  # server pids of the connections the pool holds
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -214,11 +217,22 @@ class Database(AbstractAsyncContextManager["Database"]):
                 columns=EMBEDDING_COLUMNS, format="binary", timeout=COPY_TIMEOUT_S)
         return counted[0]
 
+    async def end_lost_sessions(self) -> int:
+        """End the server side of connections the pool dropped (after a timeout on a connection
+        that froze): such a session may sit in a COPY or a transaction holding row locks that
+        every retry then waits on. Found by our tag; the ones the pool holds are spared."""
+        db = self.settings.database
+        return int(await self.pool.fetchval(sql("end_lost_sessions"), self.tag,
+                                            list(self.backends),
+                                            db.connect_timeout_s + db.command_timeout_s))
+
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
-        """A transaction left idle past the deadline is ended by the server: a connection that
-        froze mid-transaction (a NAT that forgot it) must not hold its row locks for ever."""
+        """Tag the session and record its pid (see end_lost_sessions); a transaction left idle
+        past the deadline is ended by the server, so it cannot hold row locks for ever."""
         idle_ms = int(max(self.settings.database.command_timeout_s, IDLE_FLOOR_S) * 1000)
-        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+        pid = (await conn.fetchrow(sql("session_setup"), self.tag, f"{idle_ms}ms"))["pid"]
+        self.backends.add(pid)
+        conn.add_termination_listener(lambda _: self.backends.discard(pid))
         if self.vector:
             from pgvector.asyncpg import register_vector
 

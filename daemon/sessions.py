@@ -174,6 +174,15 @@ class Sessions:
         async with self.db.pool.acquire() as conn, conn.transaction():
             return await fn(conn)
 
+    async def end_lost_sessions(self) -> int:
+        """End our Postgres sessions that the pool dropped (see Database.end_lost_sessions)."""
+        ended: int = await self._call("postgres", "query", self.db.end_lost_sessions)
+        if ended:
+            log.warning("postgres_sessions_ended", sessions=ended,
+                        reason="their connections were dropped after a timeout; "
+                               "they could hold locks others wait on")
+        return ended
+
     async def bulk_insert_embeddings(
         self, rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]],
         conn: Connection | None = None,

@@ -351,12 +351,14 @@ class Supervisor:
         env.sessions.tracking.start()
 
     async def _leases(self, ledger: Ledger) -> None:
-        """Every lease_s/3 (5 s at most): our heartbeat row, the leases of our claims whose work
-        moves, and the claims of daemons whose heartbeat stopped set free. Cancelled after
+        """Every lease_s/3 (5 s at most): Postgres sessions our pool lost ended, our heartbeat
+        row, the leases of our claims whose work moves, and the claims of daemons whose
+        heartbeat stopped set free. Cancelled after
         the claims were given back: the row then says so."""
         try:
             while True:
                 try:
+                    await ledger.sessions.end_lost_sessions()  # first: they may hold our rows
                     await ledger.alive()
                     await ledger.heartbeat()
                     await ledger.reap_dead()

@@ -137,3 +137,37 @@ async def test_a_copy_whose_rows_come_slowly_is_not_cut_short(
                 await asyncio.sleep(0.6)
                 yield row
         assert await db.copy_embeddings(conn, slowly()) == 3
+
+
+async def test_sessions_whose_connection_was_dropped_are_ended_and_their_locks_freed(
+        tmp_path: Path, database_url: str) -> None:
+    """A connection that froze mid-COPY is dropped on our side, but its server end lives on
+    (the path between still holds it), holding its locks: end_lost_sessions ends it, and
+    spares every connection the pool still holds."""
+    proxy = proxy_for(database_url)
+    try:
+        settings = settings_for(tmp_path, {"url": via_proxy(database_url, proxy), "pool_min": 0,
+                                           "command_timeout_s": 0.5, "connect_timeout_s": 0.5})
+        async with Database(settings) as db:
+            async with db.pool.acquire() as frozen:
+                await frozen.execute("BEGIN")
+                await frozen.execute("SELECT * FROM dz_schema FOR UPDATE")
+                proxy.set("blackhole")
+                with pytest.raises(TimeoutError):  # a COPY that never gets its answer
+                    await db.copy_embeddings(frozen, chunk_rows(1, 10))
+                frozen.terminate()
+            proxy.set("pass")
+            async with db.pool.acquire() as kept:
+                await asyncio.sleep(1.2)  # older than a connection still being set up
+                assert await db.end_lost_sessions() == 1
+                assert await kept.fetchval("SELECT 1") == 1
+            other = await asyncpg.connect(database_url)
+            try:
+                await other.execute("SET lock_timeout = 2000")
+                async with other.transaction():
+                    await other.execute("SELECT * FROM dz_schema FOR UPDATE")  # the lock is free
+            finally:
+                await other.close()
+            assert await db.end_lost_sessions() == 0
+    finally:
+        proxy.stop()
