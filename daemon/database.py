@@ -199,7 +199,13 @@ class Database(AbstractAsyncContextManager["Database"]):
             uri, password=password, min_size=db.pool_min, max_size=db.pool_max,
             timeout=db.connect_timeout_s, command_timeout=db.command_timeout_s,
             init=self._init_connection, connect=connect, max_inactive_connection_lifetime=300,
-        )
+            server_settings=self._session_settings())
+
+    def _session_settings(self) -> dict[str, str]:
+        """Sent at connection start, so they are the session's defaults: the pool's RESET ALL
+        on every release keeps them."""
+        idle_ms = int(max(self.settings.database.command_timeout_s, IDLE_FLOOR_S) * 1000)
+        return {"application_name": self.tag, "idle_in_transaction_session_timeout": str(idle_ms)}
 
     async def copy_embeddings(self, conn: asyncpg.Connection,
                               rows: Iterable[tuple[Any, ...]] | AsyncIterable[tuple[Any, ...]]
@@ -227,10 +233,8 @@ class Database(AbstractAsyncContextManager["Database"]):
                                             db.connect_timeout_s + db.command_timeout_s))
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
-        """Tag the session and record its pid (see end_lost_sessions); a transaction left idle
-        past the deadline is ended by the server, so it cannot hold row locks for ever."""
-        idle_ms = int(max(self.settings.database.command_timeout_s, IDLE_FLOOR_S) * 1000)
-        pid = (await conn.fetchrow(sql("session_setup"), self.tag, f"{idle_ms}ms"))["pid"]
+        """Record the session's server pid while the pool holds it (see end_lost_sessions)."""
+        pid = conn.get_server_pid()
         self.backends.add(pid)
         conn.add_termination_listener(lambda _: self.backends.discard(pid))
         if self.vector:

@@ -428,12 +428,6 @@ SELECT key FROM c WHERE EXISTS (SELECT 1 FROM dz_files AS f
                                   JOIN documents AS d ON d.id = f.document_id
                                  WHERE f.object_key = c.key);
 
--- name: session_setup
--- one round trip per new pooled connection: our tag, the idle-transaction deadline, its pid
-SELECT set_config('application_name', $1, false),
-       set_config('idle_in_transaction_session_timeout', $2, false),
-       pg_backend_pid() AS pid;
-
 -- name: end_lost_sessions
 -- server ends of our connections that our pool dropped (a timeout on a frozen connection):
 -- still running, perhaps holding locks. Connections still being set up are left alone.

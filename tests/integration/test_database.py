@@ -85,7 +85,9 @@ async def test_a_transaction_left_idle_is_ended_and_its_locks_freed(
     forgot it) does not hold its row locks for ever: past the deadline the server ends it."""
     monkeypatch.setattr(database, "IDLE_FLOOR_S", 0.5)
     settings = settings_for(tmp_path, {"url": database_url, "command_timeout_s": 0.5})
-    async with Database(settings) as db, db.pool.acquire() as frozen:
+    async with Database(settings) as db:
+        await db.pool.execute("SELECT 1")  # released once: the pool's RESET ALL keeps it
+        frozen = await db.pool.acquire()
         await frozen.execute("BEGIN")
         await frozen.execute("SELECT * FROM dz_schema FOR UPDATE")
         await asyncio.sleep(1.5)  # idle in the transaction, past the deadline
@@ -94,6 +96,7 @@ async def test_a_transaction_left_idle_is_ended_and_its_locks_freed(
             await other.execute("SELECT * FROM dz_schema FOR UPDATE")  # the lock is free
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
             await frozen.execute("SELECT 1")
+        await db.pool.release(frozen)
 
 
 async def a_document(db: Database) -> int:
@@ -149,6 +152,7 @@ async def test_sessions_whose_connection_was_dropped_are_ended_and_their_locks_f
         settings = settings_for(tmp_path, {"url": via_proxy(database_url, proxy), "pool_min": 0,
                                            "command_timeout_s": 0.5, "connect_timeout_s": 0.5})
         async with Database(settings) as db:
+            await db.pool.execute("SELECT 1")  # released once: the pool's RESET ALL keeps the tag
             async with db.pool.acquire() as frozen:
                 await frozen.execute("BEGIN")
                 await frozen.execute("SELECT * FROM dz_schema FOR UPDATE")
