@@ -265,7 +265,6 @@ class Daemon:
             code = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             tail = "".join(self.raw[-40:])
-            Path("/tmp/daemon_full.log").write_text("".join(self.raw))  # DEBUG
             raise AssertionError(f"no exit after {timeout_s} s; the log ends:\n{tail}") from None
         time.sleep(0.05)  # let the reader thread take the last lines
         return code
