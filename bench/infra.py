@@ -580,6 +580,11 @@ def count_rows(url: str, table: str) -> int:
     return int(_scalar(url, f"SELECT count(*) FROM {table}"))
 
 
+def index_exists(url: str, name: str) -> bool:
+    """Whether the database at `url` has the index `name` (our names, never user input)."""
+    return bool(_scalar(url, f"SELECT to_regclass('{name}') IS NOT NULL"))
+
+
 def last_document_at(url: str) -> float:
     """When the newest document was written (epoch seconds): its transaction's start, a few
     milliseconds before its commit."""
