@@ -260,10 +260,13 @@ def dropzone_index_after(ctx: Ctx) -> Outcome:
     built = infra.index_exists(ctx.db.url(), "document_embeddings_hnsw")
     if ctx.db.mode == "embedded" and not built:
         raise Failed("no HNSW index after the second --once")
-    used = {group: first.seconds()[group] + second.seconds()[group] for group in cpu.GROUPS}
+    steps = first.seconds(), second.seconds()
+    used = {group: steps[0][group] + steps[1][group] for group in cpu.GROUPS}
+    per_file = [f"{1000 * sum(step.values()) / ctx.files:.1f} ms CPU/file" for step in steps]
+    what = "HNSW index" if built else "no index to build"
     return Outcome(ctx.files, run.seconds + index.seconds, cpu=used,
-                   note=f"{note}; --once {run.seconds:.1f} s + "
-                        f"{'HNSW index' if built else 'no index to build'} {index.seconds:.1f} s")
+                   note=f"{note}; --once {run.seconds:.1f} s ({per_file[0]}) + {what} "
+                        f"{index.seconds:.1f} s ({per_file[1]})")
 
 
 def dropzone_run_per_file(ctx: Ctx) -> Outcome:
