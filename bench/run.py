@@ -316,7 +316,7 @@ def report(header: list[str], rows: list[Row], args: argparse.Namespace) -> None
     tables = [markdown(times)]
     if len(cpus) > 1:
         print(CPU_LEGEND + "\n" + plain(cpus) + "\n")
-        tables += [CPU_LEGEND + ":", "", markdown(cpus)]
+        tables += [CPU_LEGEND + ":", markdown(cpus)]
     print(header[-1])
     print(f"written to {save(header, tables, args)}")
 
