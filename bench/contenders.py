@@ -1,5 +1,6 @@
-"""The contenders: each runs as its own subprocess against the same corpus and moto endpoint,
+"""The contenders: each runs as its own subprocess against the same corpus and S3 endpoint,
 is timed from spawn to exit, and is then checked against what it should have left behind.
+The upload and backfill runs are also watched for CPU per process group (bench/cpu.py).
 
 A contender that keeps state (a table, an MLflow store, the daemon's schema) first does an
 untimed warm-up on nothing with the same settings, so the timed run measures the steady state
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import infra, peers
+from bench import cpu, infra, peers
 from bench.corpus import corpus_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,23 +31,37 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Ctx:
-    """Everything one contender gets: its own bucket, database and folder; shared corpus."""
+    """Everything one contender gets: its own bucket, database and folder; shared corpus and
+    S3 endpoint."""
 
     name: str
     files: int
     corpus: Path
-    moto: infra.Moto
+    s3: infra.Endpoint
     bucket: str
     prefix: str
-    db_url: str
+    db: infra.Database
     work: Path
     timeout_s: float
 
     def timed(self, cmd: list[str], label: str, cwd: Path | None = None,
-              memory: infra.PeakPss | None = None) -> infra.Timed:
+              watches: tuple[infra.Sampler, ...] = ()) -> infra.Timed:
         """Run one step of this contender, its output in `<work>/<label>.log`."""
         return infra.run_timed(cmd, infra.clean_env({}), self.work / f"{label}.log",
-                               self.timeout_s, cwd, memory)
+                               self.timeout_s, cwd, watches)
+
+    def cpu_watch(self) -> cpu.CpuWatch:
+        """CPU by group over one run: its processes, its Postgres (if it uses one), the S3
+        server."""
+        return cpu.CpuWatch([cpu.Tree("s3", self.s3.pid), postgres_meter(self.db)])
+
+
+def postgres_meter(db: infra.Database) -> cpu.Meter:
+    """The embedded server's whole tree, or a shared server's backends of our database."""
+    if isinstance(db, infra.EmbeddedDb):
+        return cpu.Tree("postgres", db.postmaster)
+    assert isinstance(db, infra.ServerDb)
+    return cpu.Backends("postgres", db.name)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Outcome:
     error: str = ""
     note: str = ""
     latency: bool = False  # `seconds` is a latency, not a run's length: no rate, no ratios
+    cpu: dict[str, float] | None = None  # CPU seconds by group (bench/cpu.py), when watched
 
     @property
     def ok(self) -> bool:
@@ -98,15 +114,16 @@ def reference(ctx: Ctx) -> Outcome:
     """The original guide's sequential recipe (bench/reference.py)."""
     mlflow_db = ctx.work / "mlflow.db"
     cmd = [sys.executable, "-m", "bench.reference", "--corpus", str(ctx.corpus),
-           "--endpoint", ctx.moto.url, "--bucket", ctx.bucket, "--database-url", ctx.db_url,
+           "--endpoint", ctx.s3.url, "--bucket", ctx.bucket, "--database-url", ctx.db.url(),
            "--tracking-uri", f"sqlite:///{mlflow_db}"]
     require(ctx.timed([*cmd, "--warmup"], "warmup", REPO), "warm-up")
-    run = ctx.timed(cmd, "run", REPO)
+    watch = ctx.cpu_watch()
+    run = ctx.timed(cmd, "run", REPO, (watch,))
     require(run, "run")
-    expect("objects", ctx.moto.count_objects(ctx.bucket), ctx.files)
-    expect("rows", infra.count_rows(ctx.db_url, "document_embeddings_reference"), ctx.files)
+    expect("objects", ctx.s3.count_objects(ctx.bucket), ctx.files)
+    expect("rows", infra.count_rows(ctx.db.url(), "document_embeddings_reference"), ctx.files)
     expect("MLflow runs", infra.count_finished_runs(mlflow_db), ctx.files)
-    return Outcome(ctx.files, run.seconds, note=loop_seconds(run))
+    return Outcome(ctx.files, run.seconds, note=loop_seconds(run), cpu=watch.seconds())
 
 
 def mlflow_alone(ctx: Ctx) -> Outcome:
@@ -115,43 +132,46 @@ def mlflow_alone(ctx: Ctx) -> Outcome:
     cmd = [sys.executable, "-m", "bench.mlflow_alone", "--runs", str(ctx.files),
            "--tracking-uri", f"sqlite:///{mlflow_db}"]
     require(ctx.timed([*cmd, "--warmup"], "warmup", REPO), "warm-up")
-    run = ctx.timed(cmd, "run", REPO)
+    watch = ctx.cpu_watch()
+    run = ctx.timed(cmd, "run", REPO, (watch,))
     require(run, "run")
     expect("MLflow runs", infra.count_finished_runs(mlflow_db), ctx.files)
-    return Outcome(ctx.files, run.seconds, note=loop_seconds(run))
+    return Outcome(ctx.files, run.seconds, note=loop_seconds(run), cpu=watch.seconds())
 
 
 # -- upload-only peers ------------------------------------------------------------------------
 
 def _peer(ctx: Ctx, cmd: list[str]) -> Outcome:
     """Run an upload tool once and count what arrived under the prefix."""
-    run = ctx.timed(cmd, "run")
+    watch = ctx.cpu_watch()
+    run = ctx.timed(cmd, "run", watches=(watch,))
     require(run, "run")
-    expect("objects", ctx.moto.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
-    return Outcome(ctx.files, run.seconds, note="upload only")
+    expect("objects", ctx.s3.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
+    return Outcome(ctx.files, run.seconds, note="upload only", cpu=watch.seconds())
 
 
 def s5cmd(ctx: Ctx) -> Outcome:
     """The native s5cmd binary, one `cp` of the corpus folder."""
-    return _peer(ctx, peers.s5cmd_command(ctx.corpus, ctx.moto.url, ctx.bucket, ctx.prefix))
+    return _peer(ctx, peers.s5cmd_command(ctx.corpus, ctx.s3.url, ctx.bucket, ctx.prefix))
 
 
 def aws_cli(ctx: Ctx) -> Outcome:
     """`aws s3 cp --recursive` of the corpus folder."""
-    return _peer(ctx, peers.aws_command(ctx.corpus, ctx.moto.url, ctx.bucket, ctx.prefix))
+    return _peer(ctx, peers.aws_command(ctx.corpus, ctx.s3.url, ctx.bucket, ctx.prefix))
 
 
 # -- dropzone ---------------------------------------------------------------------------------
 
-def daemon_config(ctx: Ctx, zone: Path, run_per_file: bool, settle_ms: int = 1000) -> Path:
+def daemon_config(ctx: Ctx, zone: Path, run_per_file: bool, settle_ms: int = 1000,
+                  hnsw_index: bool = True) -> Path:
     """The YAML the daemon runs on: everything explicit, nothing from the environment."""
     settings = {
         "state_dir": str(ctx.work / "var"),
         "zones": [{"name": "bench", "path": str(zone), "doc_type": "document",
                    "settle_ms": settle_ms, "after": "move"}],
-        "storage": {"url": f"s3://{ctx.bucket}/{ctx.prefix}", "endpoint_url": ctx.moto.url,
+        "storage": {"url": f"s3://{ctx.bucket}/{ctx.prefix}", "endpoint_url": ctx.s3.url,
                     "region": "us-east-1", "sse": "AES256"},
-        "database": {"url": ctx.db_url},
+        "database": {**ctx.db.section(), "hnsw_index": hnsw_index},
         "mlflow": {"tracking_uri": f"sqlite:///{ctx.work / 'mlflow.db'}",
                    "experiment": "dropzone", "run_per_file": run_per_file},
     }
@@ -176,12 +196,14 @@ def daemon_command(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "daemon", "--config", str(config), *args, "--log-format", "json"]
 
 
-def warmed_up(ctx: Ctx, run_per_file: bool = False) -> tuple[Path, list[str]]:
+def warmed_up(ctx: Ctx, run_per_file: bool = False,
+              hnsw_index: bool = True) -> tuple[Path, list[str]]:
     """An empty zone and the `--once` command on it, after one untimed `--once` there (it
     creates the schema and the MLflow store, so timed runs measure the steady state)."""
     zone = ctx.work / "zone"
     zone.mkdir(parents=True)
-    cmd = daemon_command(daemon_config(ctx, zone, run_per_file), "--once")
+    config = daemon_config(ctx, zone, run_per_file, hnsw_index=hnsw_index)
+    cmd = daemon_command(config, "--once")
     require(ctx.timed(cmd, "warmup", REPO), "warm-up --once on an empty zone")
     return zone, cmd
 
@@ -196,24 +218,55 @@ def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
     """Warm-up `--once` on an empty zone, fill it, time `--once`."""
     zone, cmd = warmed_up(ctx, run_per_file)
     fill_zone(ctx.corpus, zone)
-    memory = infra.PeakPss()
-    run = ctx.timed(cmd, "run", REPO, memory)
+    memory, watch = infra.PeakPss(), ctx.cpu_watch()
+    run = ctx.timed(cmd, "run", REPO, (memory, watch))
     require(run, "--once")
-    expect("documents", infra.count_rows(ctx.db_url, "documents"), ctx.files)
-    expect("objects", ctx.moto.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
+    note = f"{backfilled(ctx, run_per_file)}, peak PSS {memory.peak / 2**20:.0f} MiB"
+    return Outcome(ctx.files, run.seconds, note=note, cpu=watch.seconds())
+
+
+def backfilled(ctx: Ctx, run_per_file: bool) -> str:
+    """Check that a backfill left every document, object and MLflow run; its counts."""
+    expect("documents", infra.count_rows(ctx.db.url(), "documents"), ctx.files)
+    expect("objects", ctx.s3.count_objects(ctx.bucket, f"{ctx.prefix}/"), ctx.files)
     runs = infra.count_finished_runs(ctx.work / "mlflow.db")
     if run_per_file:
         expect("MLflow runs", runs, ctx.files)
     elif runs < 1:
         raise Failed("no finished MLflow run")
-    chunks = infra.count_rows(ctx.db_url, "document_embeddings")
-    return Outcome(ctx.files, run.seconds, note=f"{chunks} chunks, {runs} MLflow run(s), "
-                                                f"peak PSS {memory.peak / 2**20:.0f} MiB")
+    chunks = infra.count_rows(ctx.db.url(), "document_embeddings")
+    return f"{chunks} chunks, {runs} MLflow run(s)"
 
 
 def dropzone(ctx: Ctx) -> Outcome:
     """The daemon as shipped: one MLflow run per `--once` batch."""
     return _dropzone(ctx, run_per_file=False)
+
+
+def dropzone_index_after(ctx: Ctx) -> Outcome:
+    """The README's way through a large backfill: `--once` with `database.hnsw_index: false`,
+    then one `--once` with it on (the zone now empty), which builds the HNSW index over all
+    the rows at once; both timed, the row is their sum. Without pgvector (`--database
+    server`) there is no index to build."""
+    zone, cmd = warmed_up(ctx, hnsw_index=False)
+    fill_zone(ctx.corpus, zone)
+    first, second = ctx.cpu_watch(), ctx.cpu_watch()
+    run = ctx.timed(cmd, "run", REPO, (first,))
+    require(run, "--once")
+    note = backfilled(ctx, run_per_file=False)
+    index_cmd = daemon_command(daemon_config(ctx, zone, run_per_file=False), "--once")
+    index = ctx.timed(index_cmd, "index", REPO, (second,))
+    require(index, "--once building the index")
+    built = infra.index_exists(ctx.db.url(), "document_embeddings_hnsw")
+    if ctx.db.mode == "embedded" and not built:
+        raise Failed("no HNSW index after the second --once")
+    steps = first.seconds(), second.seconds()
+    used = {group: steps[0][group] + steps[1][group] for group in cpu.GROUPS}
+    per_file = [f"{1000 * sum(step.values()) / ctx.files:.1f} ms CPU/file" for step in steps]
+    what = "HNSW index" if built else "no index to build"
+    return Outcome(ctx.files, run.seconds + index.seconds, cpu=used,
+                   note=f"{note}; --once {run.seconds:.1f} s ({per_file[0]}) + {what} "
+                        f"{index.seconds:.1f} s ({per_file[1]})")
 
 
 def dropzone_run_per_file(ctx: Ctx) -> Outcome:
@@ -242,7 +295,7 @@ def _first_commit(ctx: Ctx, cmd: list[str], zone: Path, trial: int) -> float:
     settled(target)
     spawned = time.time()
     require(ctx.timed(cmd, f"run-{trial}", REPO), f"--once, trial {trial}")
-    return infra.last_document_at(ctx.db_url) - spawned
+    return infra.last_document_at(ctx.db.url()) - spawned
 
 
 def _processes(ctx: Ctx, count: int) -> Outcome:
@@ -258,7 +311,7 @@ def _processes(ctx: Ctx, count: int) -> Outcome:
     seconds = time.perf_counter() - start
     for index, run in enumerate(runs):
         require(run, f"--once #{index}")
-    expect("documents", infra.count_rows(ctx.db_url, "documents"), ctx.files)
+    expect("documents", infra.count_rows(ctx.db.url(), "documents"), ctx.files)
     return Outcome(ctx.files, seconds, note=f"{count} processes sharing one ledger")
 
 
@@ -280,13 +333,13 @@ def dropzone_large_file(ctx: Ctx) -> Outcome:
     texts) through `--once`; peak PSS of the daemon and its workers, sampled every 0.2 s."""
     zone, cmd = warmed_up(ctx)
     size = _large_file(ctx.corpus, zone / "large.txt", LARGE_MB * 2**20)
-    memory = infra.PeakPss()
-    run = ctx.timed(cmd, "run", REPO, memory)
+    memory, watch = infra.PeakPss(), ctx.cpu_watch()
+    run = ctx.timed(cmd, "run", REPO, (memory, watch))
     require(run, "--once")
-    expect("documents", infra.count_rows(ctx.db_url, "documents"), 1)
-    chunks = infra.count_rows(ctx.db_url, "document_embeddings")
+    expect("documents", infra.count_rows(ctx.db.url(), "documents"), 1)
+    chunks = infra.count_rows(ctx.db.url(), "document_embeddings")
     return Outcome(1, run.seconds, note=f"{size / 2**20:.0f} MiB file, {chunks} chunks, peak "
-                                        f"PSS {memory.peak / 2**20:.0f} MiB")
+                                        f"PSS {memory.peak / 2**20:.0f} MiB", cpu=watch.seconds())
 
 
 def _large_file(corpus: Path, target: Path, size: int) -> int:
@@ -334,16 +387,16 @@ def _wait_for_line(log: Path, needle: str, timeout_s: float) -> None:
 
 def _drop_one(ctx: Ctx, zone: Path, index: int) -> float:
     """Drop one new file; seconds from its rename into the zone to its document's commit."""
-    before = infra.count_rows(ctx.db_url, "documents")
+    before = infra.count_rows(ctx.db.url(), "documents")
     draft = zone / f".drop-{index}.part"
     draft.write_text(f"{next(iter(corpus_files(ctx.corpus))).read_text()}\n{index} {time.time()}")
     dropped = time.time()
     draft.rename(zone / f"drop-{index}.txt")
-    while infra.count_rows(ctx.db_url, "documents") == before:
+    while infra.count_rows(ctx.db.url(), "documents") == before:
         if time.time() - dropped > 30:
             raise Failed(f"file {index} not committed within 30 s")
         time.sleep(0.005)
-    return infra.last_document_at(ctx.db_url) - dropped
+    return infra.last_document_at(ctx.db.url()) - dropped
 
 
 CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
@@ -351,6 +404,7 @@ CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
     "s5cmd": s5cmd,
     "aws-cli": aws_cli,
     "dropzone": dropzone,
+    "dropzone-index-after": dropzone_index_after,
     "dropzone-run-per-file": dropzone_run_per_file,
     "mlflow-alone-per-file": mlflow_alone,
     "dropzone-startup": dropzone_startup,
