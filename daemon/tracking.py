@@ -38,6 +38,7 @@ log = get_logger("dropzone.tracking")
 _LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
 _worker: Tracking | None = None  # in the MLflow process: its copy of the daemon's Tracking
 _made: OrderedDict[frozenset[tuple[str, str]], str] = OrderedDict()  # runs created here
+STARTUP_S = 120.0  # the MLflow process's start, before a call's own deadline begins
 MADE_KEPT = 20_000  # the newest ones are enough: a retry repeats the call that just failed
 
 
@@ -261,6 +262,7 @@ class Tracking:
 
     async def call(self, fn: Callable[[Any, str], T]) -> T:
         """`fn(client, experiment_id)` in the MLflow process, within `mlflow.timeout_s`."""
+        await self._started()
         timeout_s = self.settings.timeout_s
         liveness.moved(timeout_s)  # a bounded call: the batch's claims are kept meanwhile
         executor = self._executor
@@ -275,6 +277,15 @@ class Tracking:
             log.warning("mlflow_process_replaced", reason=f"no answer in {timeout_s:g} s")
             raise TransientError(f"mlflow: no answer in {timeout_s:g} s; its process was "
                                  "replaced") from exc
+
+    async def _started(self) -> None:
+        """The process's start (MLflow's import, the store opened: seconds, more on a busy
+        machine) is not a call's time: wait for it first, up to STARTUP_S. A start that fails
+        or takes longer is the call's to report (asyncio.wait raises neither)."""
+        self.start()
+        assert self.warmup is not None
+        liveness.moved(STARTUP_S)
+        await asyncio.wait({asyncio.wrap_future(self.warmup)}, timeout=STARTUP_S)
 
     def _replace(self, executor: ProcessPoolExecutor, kill: bool = False) -> None:
         """A new MLflow process for the next call (once, however many calls saw this one
