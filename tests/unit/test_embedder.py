@@ -47,3 +47,33 @@ def test_empty_text_is_a_zero_vector() -> None:
     vector = HashingEmbedder(16).embed(["  ...  "])[0]
     assert not np.isnan(vector).any()
     assert float(np.abs(vector).sum()) == 0.0
+
+
+def _reference(texts: list[str], dim: int) -> np.ndarray:
+    """The embedding spelled out word by word (regex, zlib.crc32): what the batched numpy path
+    must reproduce bit for bit, or stored vectors would stop matching new ones."""
+    import re
+    import zlib
+
+    from daemon.embedders import normalised
+    from daemon.embedders.hashing import _mix
+
+    counts = np.zeros((len(texts), dim))
+    for row, text in enumerate(texts):
+        words = re.findall(r"\w+", text.lower())
+        unigrams = np.array([zlib.crc32(w.encode("utf-8", "surrogatepass")) for w in words],
+                            dtype=np.uint32)
+        for feature in np.concatenate([unigrams, _mix(unigrams[:-1], unigrams[1:])]):
+            counts[row, int(feature) % dim] += 1.0 if int(feature) & 0x80000000 else -1.0
+    return normalised(np.sign(counts) * np.log1p(np.abs(counts)))
+
+
+def test_batched_hashing_matches_word_by_word() -> None:
+    """ASCII texts (hashed together in numpy), long words (one by one) and non-ASCII texts
+    (the regex path) give exactly the vectors of the plain word-by-word definition."""
+    texts = ["The QUICK brown_fox, jumps!\nover 42 lazy-dogs.", "", "...", "a",
+             "x" * 25 + " " + "Y" * 24 + " " + "z" * 300 + " tail",
+             "naïve café ÜBER straße and more", "lone \ud800 surrogate", "same same same same",
+             "tab\tseparated\r\nlines_with_underscores __init__ 3.14"]
+    for dim in (16, 384):
+        assert np.array_equal(HashingEmbedder(dim).embed(texts), _reference(texts, dim))
