@@ -5,6 +5,9 @@ Starting the workers (and the fork server they come from) takes about half a sec
 they answer, work runs in a thread, so nothing waits for them. They live and die with the
 daemon (`daemon.workers`). A worker that dies (killed, out of memory) breaks the pool: the call
 fails as a transient error and a new pool is started, so the batch is retried, not lost.
+
+Chunks come back from the workers as character spans of the texts sent, not as text: the
+daemon already holds the texts, so pickling them back would only double the traffic.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from daemon import workers
 from daemon.chunking import Chunk, chunk_text
 from daemon.config import EmbeddingSettings
@@ -24,6 +30,8 @@ from daemon.errors import TransientError
 
 T = TypeVar("T")
 Chunked = list[tuple[list[Chunk], Vectors]]
+Spans = npt.NDArray[np.int64]  # (start, end) of each chunk in its text, one row per chunk
+Spanned = list[tuple[Spans, Vectors]]
 _embedder: Embedder | None = None  # the worker process's own
 
 
@@ -37,6 +45,26 @@ def chunk_and_embed(embedder: Embedder, texts: Sequence[str], size: int,
         out.append((chunks, vectors[start:start + len(chunks)]))
         start += len(chunks)
     return out
+
+
+def chunk_spans_and_embed(embedder: Embedder, texts: Sequence[str], size: int,
+                          overlap: int) -> Spanned:
+    """`chunk_and_embed`, each chunk given by its span in its text: what the workers return."""
+    return [(_spans(chunks), vectors)
+            for chunks, vectors in chunk_and_embed(embedder, texts, size, overlap)]
+
+
+def _spans(chunks: list[Chunk]) -> Spans:
+    spans = [(chunk.start, chunk.start + len(chunk.text)) for chunk in chunks]
+    return np.array(spans, dtype=np.int64).reshape(len(spans), 2)
+
+
+def with_texts(texts: Sequence[str], spanned: Spanned) -> Chunked:
+    """The chunks back from their spans (a chunk's text is its span of the text, stripped
+    already: see `Chunker._emit`)."""
+    return [([Chunk(index, start, text[start:end])
+              for index, (start, end) in enumerate(spans.tolist())], vectors)
+            for text, (spans, vectors) in zip(texts, spanned, strict=True)]
 
 
 def _init_worker(settings: EmbeddingSettings, daemon_pid: int, log_state: Any) -> None:
@@ -92,8 +120,8 @@ class EmbedPool:
             self._pool = None
 
     async def chunk_and_embed(self, texts: Sequence[str]) -> Chunked:
-        size, overlap = self.settings.chunk_chars, self.settings.chunk_overlap
-        return await self._run(chunk_and_embed, list(texts), size, overlap)
+        size, overlap, texts = self.settings.chunk_chars, self.settings.chunk_overlap, list(texts)
+        return with_texts(texts, await self._run(chunk_spans_and_embed, texts, size, overlap))
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         return await self._run(_embed, list(texts))
