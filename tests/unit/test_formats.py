@@ -361,6 +361,20 @@ def test_language_guess(text: str, language: str | None) -> None:
     assert guess_language(text) == language
 
 
+def test_word_counts_split_ascii_as_the_regex_does() -> None:
+    """ASCII text split in C counts the very words `\\w+` finds; other text takes the regex."""
+    from collections import Counter
+
+    from daemon.formats import _word_counts
+
+    pieces = ["the", "THE", "x_y", "3d", "d'un", "le-les", "\x00", "\x1c", "\x7f", "\t", ".", " ",
+              "\n", "é", "più", "\xa0", "\u2028", "İ", "_"]
+    rnd = random.Random(7)
+    for _ in range(500):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 40))).lower()
+        assert _word_counts(text) == Counter(re.findall(r"\w+", text))
+
+
 def test_language_lands_in_metadata(tmp_path: Path) -> None:
     """Text files get the guessed language; gibberish gets no language key."""
     assert extract(write(tmp_path, "e.txt", ENGLISH), "text").metadata["language"] == "en"
