@@ -59,7 +59,8 @@ def read_secret(path: Path) -> str:
 
 def redact_text(text: str) -> str:
     """Hide URL passwords and every registered secret in a string."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+    if "://" in text:  # what every URL with a password has (most values are not URLs)
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
     for secret in _secrets:
         text = text.replace(secret, REDACTED)
     return text
