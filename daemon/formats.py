@@ -370,6 +370,15 @@ _BLOCKS = frozenset({
 })
 
 
+def collapse_spaces(text: str) -> str:
+    r"""`re.sub(r"\s+", " ", text)` by str.split (the same whitespace), without the regex."""
+    words = text.split()
+    if not words:
+        return " " if text else ""
+    return ((" " if text[0].isspace() else "") + " ".join(words)
+            + (" " if text[-1].isspace() else ""))
+
+
 class Markup(HTMLParser):
     """Markup to text (blocks on lines of their own), with the title, language and meta tags."""
 
@@ -408,7 +417,7 @@ class Markup(HTMLParser):
             return
         if self._title is not None:
             self._title.append(data)
-        self.parts.append(re.sub(r"\s+", " ", data))  # so that only blocks start new lines
+        self.parts.append(collapse_spaces(data))  # so that only blocks start new lines
 
     def push(self, text: str, final: bool = False) -> str:
         """Incremental use, for a large file read in blocks: the text of what came so far."""

@@ -375,6 +375,18 @@ def test_word_counts_split_ascii_as_the_regex_does() -> None:
         assert _word_counts(text) == Counter(re.findall(r"\w+", text))
 
 
+def test_collapse_spaces_is_the_regex() -> None:
+    """HTML text runs collapse their whitespace exactly as `re.sub(r"\\s+", " ", ...)` did."""
+    from daemon.formats import collapse_spaces
+
+    pieces = ["a", "bc", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x1c", "\x85", "\xa0", "\u2028",
+              "\u3000", "\u200b", "é", "\x00"]
+    rnd = random.Random(3)
+    for _ in range(2000):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        assert collapse_spaces(text) == re.sub(r"\s+", " ", text)
+
+
 def test_language_lands_in_metadata(tmp_path: Path) -> None:
     """Text files get the guessed language; gibberish gets no language key."""
     assert extract(write(tmp_path, "e.txt", ENGLISH), "text").metadata["language"] == "en"
