@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import asyncpg
@@ -49,6 +51,7 @@ SAMPLE_S = 0.05  # how often the done count is read
 METER_EVERY = 4  # Postgres CPU is sampled every METER_EVERY samples
 READY_TIMEOUT_S = 120.0
 END_GRACE_S = 90.0  # a daemon's shutdown: its pool waits up to command_timeout_s (60 s)
+SLOW_END_S = 5.0  # a shutdown that takes longer is said
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ class Daemons:
 def spawn(spec: RunSpec, document: dict[str, Any], base: Path) -> Daemons:
     """Start the P daemons; returns once every one has its sessions open."""
     ctx = multiprocessing.get_context("spawn")
-    signals = Signals(ctx.Event(), ctx.Event(), ctx.Event(), ctx.Value("q", 0))
+    signals = Signals(ctx.Value("q", 0), ctx.Event(), ctx.Event(), ctx.Value("q", 0))
     results = ctx.Queue()
     processes = []
     for index, workers in enumerate(spec.shares()):
@@ -278,16 +281,13 @@ def spawn(spec: RunSpec, document: dict[str, Any], base: Path) -> Daemons:
 
 
 def _await_ready(daemons: Daemons, count: int) -> None:
-    """Each child sets `ready` once; wait until all of them did (or one failed)."""
+    """Each child counts itself ready once; wait until all of them did (or one failed)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    ready = daemons.signals.ready
-    seen = 0
-    while seen < count:
+    while daemons.signals.ready.value < count:
         if daemons.failed() or time.monotonic() > deadline:
-            raise RuntimeError("a bench daemon did not start")
-        if ready.wait(0.1):
-            ready.clear()
-            seen += 1
+            raise RuntimeError(f"{daemons.signals.ready.value} of {count} bench daemons "
+                               f"started within {READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
 
 
 def watch(daemons: Daemons, files: int, meter: Any, timeout_s: float) -> list[tuple[float, int]]:
@@ -333,8 +333,12 @@ def collect(daemons: Daemons) -> dict[str, Stat]:
 def end(daemons: Daemons) -> None:
     """Every daemon gone: joined, or killed (and said so) after a grace."""
     daemons.signals.stop.set()
+    began = time.perf_counter()
     for process in daemons.processes:
         process.join(END_GRACE_S)
+        if time.perf_counter() - began > SLOW_END_S:
+            print(f"{process.name} exited {time.perf_counter() - began:.0f} s after the stop",
+                  file=sys.stderr, flush=True)
         if process.is_alive():
             print(f"{process.name} still running {END_GRACE_S:.0f} s after the stop: killed",
                   file=sys.stderr, flush=True)
@@ -501,8 +505,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: every `finally` runs (databases dropped, daemons stopped)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.database == "server":
+        for name in infra.drop_stale_databases():
+            print(f"dropped {name}, left by a bench killed earlier", file=sys.stderr)
     print("\n".join(header(args)) + "\n", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="dz-bench-ledger-") as work:

@@ -273,20 +273,21 @@ class Spec:
 
 @dataclass(frozen=True)
 class Signals:
-    """The parent's handles: ready (set by the child), start, stop, and the shared count of
-    files done."""
+    """The parent's handles: the count of daemons ready, start, stop, and the count of files
+    done."""
 
-    ready: Event
+    ready: Synchronized[int]
     start: Event
     stop: Event
     done: Synchronized[int]
 
 
-def _counter(done: Synchronized[int]) -> Callable[[int], None]:
-    def add(files: int) -> None:
-        if files:
-            with done.get_lock():
-                done.value += files
+def _counter(count: Synchronized[int]) -> Callable[[int], None]:
+    """Adds to a count shared between processes."""
+    def add(more: int) -> None:
+        if more:
+            with count.get_lock():
+                count.value += more
     return add
 
 
@@ -323,7 +324,7 @@ async def serve(spec: Spec, signals: Signals, results: Queue[Any]) -> None:
                         settings.pipeline.lease_s)
         env = Env(settings, sessions, ledger, cast(Any, None), mode="daemon")  # no embedder
         await ledger.alive()
-        signals.ready.set()
+        _counter(signals.ready)(1)
         await until(signals.start)
         sessions.stats.clear()
         await _run(env, spec.workers, signals)
