@@ -2,7 +2,8 @@
 every stage's advance to done, with no file, S3, embedding or MLflow work.
 
     python -m bench.ledger [--files 20000] [--runs 1/1,4/1,16/1,4/2,16/2,4/4,16/4]
-                           [--batch-files 32] [--database server|embedded]
+                           [--batch-files 32] [--database server|embedded] [--analyze]
+                           [--history H]
 
 Each run (`W/P`: W workers in all, spread over P processes, each a daemon of its own with its
 own owner id, heartbeat and tracker) gets a fresh database (`--database server`: on
@@ -15,6 +16,8 @@ tracker's window makes the last files wait up to `mlflow.window_s`), Postgres CP
 backends and autovacuum workers of the run's database, from /proc; with `embedded`, the
 server's whole process tree), the bench daemons' CPU per file, and per query class the calls,
 the wait for a pooled connection, the round trip and the server CPU of its backend.
+`--analyze` runs ANALYZE on the ledger after discovery (a fresh table has no statistics, and
+the claim's plan depends on them); `--history H` puts H done file versions in it first.
 """
 
 from __future__ import annotations
@@ -377,7 +380,7 @@ def measure(result: Result, daemons: Daemons, meter: Any, timeout_s: float) -> N
 def run_one(spec: RunSpec, args: argparse.Namespace, work: Path) -> Result:
     """One run in a fresh database; the database goes afterwards, whatever happened."""
     result = Result(spec, args.files)
-    folder = work / f"{spec.workers}w{spec.processes}p"
+    folder = work / f"{len(list(work.iterdir()))}-{spec.workers}w{spec.processes}p"  # fresh
     db = infra.open_database(args.database, f"ledger_{spec.workers}w{spec.processes}p",
                              folder / "var")
     try:
