@@ -83,8 +83,11 @@ UPDATE dz_files SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1;
 
 -- name: heartbeat
 -- Renew the claims whose work moved lately (not ones whose claim reply was lost, nor stuck ones).
+-- Rows locked right now are skipped, never waited on: our own advance holds them (and renews
+-- them as it commits); waiting made the two deadlock, each lock taken in its own order.
 UPDATE dz_files SET lease_until = now() + make_interval(secs => $2)
- WHERE claimed_by = $1 AND id = ANY($3::bigint[]);
+ WHERE id IN (SELECT id FROM dz_files WHERE claimed_by = $1 AND id = ANY($3::bigint[])
+              FOR UPDATE SKIP LOCKED);
 
 -- name: release_strays
 -- Claims recorded for us whose reply never reached us (the connection broke): hand them back.

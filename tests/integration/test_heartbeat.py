@@ -67,6 +67,25 @@ async def test_only_claims_whose_work_moved_are_renewed(sessions: Sessions) -> N
     assert await claimed_by(sessions, rows["moving.txt"].id) == "a"
 
 
+async def test_the_heartbeat_skips_rows_locked_by_a_write_instead_of_waiting(
+        sessions: Sessions) -> None:
+    """A claim row our own advance holds locked is not waited on (the two, each locking in its
+    own order, deadlocked): the heartbeat renews the others and returns at once."""
+    a = ledger(sessions, "a", 30)
+    await a.discover("docs", [Entry("busy.txt", 1, 1), Entry("free.txt", 2, 1)])
+    rows = {r.rel_path: r for r in await a.claim(2)}
+    a.moved([row.id for row in rows.values()])
+    async with sessions.db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE dz_files SET updated_at = now() WHERE id = $1",
+                           rows["busy.txt"].id)
+        before = await sessions.fetchval("SELECT lease_until FROM dz_files WHERE id = $1",
+                                         rows["free.txt"].id)
+        await asyncio.wait_for(a.heartbeat(), 5)
+        after = await sessions.fetchval("SELECT lease_until FROM dz_files WHERE id = $1",
+                                        rows["free.txt"].id)
+    assert after > before
+
+
 async def test_a_silent_daemon_loses_its_claims_after_its_lease_a_stopped_one_at_once(
         sessions: Sessions) -> None:
     """Claims of a holder whose heartbeat row is fresh stay; once it is older than the holder's
