@@ -1,0 +1,428 @@
+"""What a vector index costs Postgres on the embedded server, and what search gets for it.
+
+    python -m bench.vector_index [--chunks 40000] [--queries 200] [--data hashing|random]
+                                 [--variants none,hnsw,hnsw-efc32,hnsw-m8,halfvec,bit,ivfflat]
+
+A fresh embedded Postgres (pgserver + pgvector, through the daemon's own `start_embedded`) in a
+temporary folder, stopped at the end. Rows are what the daemon stores: bench/corpus.py files,
+text extracted by daemon/formats.py, chunked by daemon/chunking.py (1,000 chars, overlap 100),
+embedded by the default hashing embedder (384-d), in the daemon's schema, one binary COPY per
+file (daemon/pgcopy.py). `--data random` uses unit-length random normal vectors instead.
+
+Per variant, on a fresh `document_embeddings` table:
+
+* insert: the index is created on the empty table, then all N chunks are COPYed (ivfflat needs
+  data to train on: built over the first half, then the second half is inserted);
+* search: the daemon's query (queries.sql `search_vector`, top 10 asks for 80 rows with
+  `hnsw.ef_search` 80, as daemon/search.py does); recall@10 of its first 10 rows against an
+  exact scan (index scans off), counting a row found when its distance is within the exact
+  10th's (ties); p50/p95 of the query's round trip, after one warm-up pass;
+* build: the index dropped and built again over the N rows, with the server's defaults
+  (maintenance_work_mem 64MB, 2 parallel workers) and with 512MB and 1 worker.
+
+CPU is the server's: the postmaster's process tree (utime + stime of every live process plus
+the postmaster's cutime + cstime for the exited ones, bench/cpu.py), before and after each
+phase, after a CHECKPOINT; its idle background work is in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+from pgvector.asyncpg import register_vector
+
+from bench import corpus
+from bench.cpu import Tree
+from bench.infra import postmaster_pid
+from daemon import formats, pgcopy
+from daemon.chunking import Chunk, chunk_text
+from daemon.database import EMBEDDING_COLUMNS, schema_sql, sql, start_embedded, with_database
+from daemon.embedders import normalised
+from daemon.embedders.hashing import HashingEmbedder
+from daemon.search import CHUNKS_PER_DOCUMENT
+
+DIM = 384
+K = 10
+WANTED = K * CHUNKS_PER_DOCUMENT  # the rows daemon/search.py asks for a top-10 search
+EF_SEARCH = min(1000, max(40, WANTED))  # and the hnsw.ef_search it sets for them
+RERANK = 4  # binary quantization: candidates per wanted row, re-ranked by exact cosine
+BIG_BUILD = {"maintenance_work_mem": "512MB", "max_parallel_maintenance_workers": "1"}
+TIE = 1e-6
+Rows = list[tuple[Any, ...]]
+Floats = npt.NDArray[np.float32]
+
+HALFVEC_QUERY = sql("search_vector").replace(
+    "ORDER BY e.embedding <=> $1", f"ORDER BY e.embedding::halfvec({DIM}) <=> $1::halfvec({DIM})")
+BIT_QUERY = f"""
+SELECT e.document_id, e.chunk_index, e.content, 1 - (e.embedding <=> $1) AS score,
+       d.zone, d.doc_type, d.source_path, d.object_url, d.metadata
+  FROM (SELECT * FROM document_embeddings
+         WHERE model = $2 AND ($4::text IS NULL OR doc_type = $4)
+         ORDER BY binary_quantize(embedding)::bit({DIM}) <~> binary_quantize($1)
+         LIMIT $5 * {RERANK}) e
+  JOIN documents d ON d.id = e.document_id
+ WHERE ($3::text IS NULL OR d.zone = $3)
+ ORDER BY e.embedding <=> $1
+ LIMIT $5"""
+
+
+# -- data -----------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    """Rows to store, one COPY per file, and query vectors."""
+
+    model: str
+    documents: list[tuple[int, str]] = field(default_factory=list)  # (id, doc_type)
+    batches: list[Rows] = field(default_factory=list)
+    queries: Floats = field(default_factory=lambda: np.zeros((0, DIM), np.float32))
+
+    @property
+    def chunks(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+def file_chunks(seed: int, index: int) -> tuple[str, str, list[Chunk]]:
+    """Corpus file `index` as the daemon reads it: its name, its kind and its chunks."""
+    ext, text = corpus.document(seed, index)
+    name = corpus.relative_path(index, ext).as_posix()
+    kind = formats.kind_of(name, b"")
+    return name, kind, chunk_text(formats.extract_bytes(text.encode(), name, kind).text)
+
+
+def query_texts(seed: int, count: int) -> list[str]:
+    """Half keyword queries (2-5 words), half sentence-long ones, in the corpus's words."""
+    rng = random.Random(f"{seed}:queries")
+    return [" ".join(corpus.words(rng, 2, 5)) if i % 2 == 0 else corpus.sentence(rng)
+            for i in range(count)]
+
+
+def hashing_data(chunks: int, queries: int, seed: int) -> Data:
+    """The daemon's rows for the first corpus files, cut at `chunks` chunks."""
+    embedder = HashingEmbedder(DIM)
+    data, index = Data(embedder.name), 0
+    while data.chunks < chunks:
+        name, kind, pieces = file_chunks(seed, index)
+        pieces = pieces[:chunks - data.chunks]
+        index += 1
+        if pieces:
+            vectors = embedder.embed([p.text for p in pieces])
+            data.documents.append((index, kind))
+            data.batches.append([(index, p.index, name, kind, p.text, p.start, v, embedder.name)
+                                 for p, v in zip(pieces, vectors, strict=True)])
+    data.queries = embedder.embed(query_texts(seed, queries))
+    return data
+
+
+def random_data(chunks: int, queries: int, seed: int, per_file: int = 20) -> Data:
+    """Unit-length random normal vectors, `per_file` chunks a file: the hard case for ANN."""
+    rng = np.random.default_rng(seed)
+    vectors = normalised(rng.standard_normal((chunks, DIM)).astype(np.float32))
+    data = Data(f"random-normal-{DIM}")
+    for first in range(0, chunks, per_file):
+        doc = first // per_file + 1
+        data.documents.append((doc, "text"))
+        data.batches.append([(doc, i - first, f"r/{doc}", "text", f"chunk {i}", 0, vectors[i],
+                              data.model) for i in range(first, min(first + per_file, chunks))])
+    data.queries = normalised(rng.standard_normal((queries, DIM)).astype(np.float32))
+    return data
+
+
+# -- variants -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    index: str | None  # what follows `CREATE INDEX vi ON document_embeddings`
+    search_set: str = f"SET LOCAL hnsw.ef_search = {EF_SEARCH}"
+    query: str = field(default_factory=lambda: sql("search_vector"))
+    since: tuple[int, ...] = (0, 5, 0)  # the first pgvector version that has it
+    trained: bool = False  # built over the first half of the rows, then the rest inserted
+
+
+def hnsw(m: int, efc: int, operand: str = "embedding vector_cosine_ops") -> str:
+    return f"USING hnsw ({operand}) WITH (m = {m}, ef_construction = {efc})"
+
+
+def variants(chunks: int) -> list[Variant]:
+    lists = max(1, chunks // 1000)
+    return [
+        Variant("none", "no index (exact scan)", None, search_set=""),
+        Variant("hnsw", "hnsw m16 efc64 (daemon)", hnsw(16, 64)),
+        Variant("hnsw-efc32", "hnsw m16 efc32", hnsw(16, 32)),
+        Variant("hnsw-m8", "hnsw m8 efc32", hnsw(8, 32)),
+        Variant("halfvec", "hnsw halfvec m16 efc64",
+                hnsw(16, 64, f"(embedding::halfvec({DIM})) halfvec_cosine_ops"),
+                query=HALFVEC_QUERY, since=(0, 7, 0)),
+        Variant("bit", f"hnsw bit m16 efc64 + rerank {RERANK}x",
+                hnsw(16, 64, f"(binary_quantize(embedding)::bit({DIM})) bit_hamming_ops"),
+                search_set=f"SET LOCAL hnsw.ef_search = {min(1000, RERANK * WANTED)}",
+                query=BIT_QUERY, since=(0, 7, 0)),
+        Variant("ivfflat", f"ivfflat lists {lists} probes 10",
+                f"USING ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})",
+                search_set="SET LOCAL ivfflat.probes = 10", trained=True),
+    ]
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cost:
+    cpu_s: float
+    wall_s: float
+
+
+@dataclass
+class Result:
+    variant: Variant
+    inserted: int = 0
+    insert: Cost | None = None
+    builds: list[Cost] = field(default_factory=list)  # server defaults, then BIG_BUILD
+    recall: float = 0.0
+    recall_bulk: float | None = None
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    size_mb: float = 0.0
+
+
+async def cost(conn: asyncpg.Connection, pgdata: Path, work: Awaitable[Any]) -> Cost:
+    """The server's CPU seconds and the wall seconds `work` takes, after a checkpoint."""
+    await conn.execute("CHECKPOINT")
+    meter = Tree("postgres", lambda: postmaster_pid(pgdata))
+    meter.sample(begin=True)
+    started = time.perf_counter()
+    await work
+    wall = time.perf_counter() - started
+    meter.sample()
+    return Cost(meter.seconds(), wall)
+
+
+async def load(conn: asyncpg.Connection, batches: Sequence[Rows]) -> None:
+    """One binary COPY per file, as the daemon's store stage does (autocommit: one each)."""
+    for batch in batches:
+        await conn.copy_to_table("document_embeddings", source=pgcopy.stream(batch, True, [0]),
+                                 columns=EMBEDDING_COLUMNS, format="binary")
+
+
+async def build(conn: asyncpg.Connection, variant: Variant, settings: dict[str, str]) -> None:
+    for name, value in settings.items():
+        await conn.execute(f"SET {name} = '{value}'")
+    await conn.execute(f"CREATE INDEX vi ON document_embeddings {variant.index}")
+    await conn.execute("RESET ALL")
+
+
+async def nearest(conn: asyncpg.Connection, variant: Variant, probe: Floats, model: str,
+                  limit: int = WANTED, exact: bool = False) -> list[asyncpg.Record]:
+    """The search's rows, best first; `exact` turns index scans off (the reference)."""
+    async with conn.transaction():
+        settings = "SET LOCAL enable_indexscan = off" if exact else variant.search_set
+        if settings:
+            await conn.execute(settings)
+        rows = await conn.fetch(variant.query, probe, model, None, None, limit)
+    return rows  # type: ignore[no-any-return]
+
+
+async def exact_kth(conn: asyncpg.Connection, data: Data) -> list[float]:
+    """The exact 10th-nearest distance of every query (a sequential scan each)."""
+    plain = variants(data.chunks)[0]
+    found = []
+    for probe in data.queries:
+        rows = await nearest(conn, plain, probe, data.model, K, exact=True)
+        found.append(1.0 - rows[-1]["score"])
+    return found
+
+
+async def searched(conn: asyncpg.Connection, variant: Variant, data: Data,
+                   kth: list[float]) -> tuple[float, float, float]:
+    """(recall@10, p50 ms, p95 ms) over the queries, after an untimed warm-up pass."""
+    for probe in data.queries:
+        await nearest(conn, variant, probe, data.model)
+    recalls, times = [], []
+    for probe, limit in zip(data.queries, kth, strict=True):
+        started = time.perf_counter()
+        rows = await nearest(conn, variant, probe, data.model)
+        times.append((time.perf_counter() - started) * 1000)
+        recalls.append(sum(1.0 - r["score"] <= limit + TIE for r in rows[:K]) / K)
+    return statistics.mean(recalls), statistics.median(times), percentile(times, 95)
+
+
+def percentile(values: list[float], pct: int) -> float:
+    return float(np.percentile(values, pct))
+
+
+# -- one variant ----------------------------------------------------------------------------
+
+async def fresh_table(conn: asyncpg.Connection) -> None:
+    await conn.execute("DROP TABLE IF EXISTS document_embeddings")
+    await conn.execute(schema_sql(f"vector({DIM})"))
+
+
+async def index_mb(conn: asyncpg.Connection) -> float:
+    size = await conn.fetchval("SELECT coalesce(pg_relation_size(to_regclass('vi')), 0)")
+    return float(size) / 2**20
+
+
+async def run_variant(conn: asyncpg.Connection, pgdata: Path, variant: Variant, data: Data,
+                      kth: list[float]) -> Result:
+    """Insert with the index in place, search, then rebuild it twice over the loaded rows."""
+    await fresh_table(conn)
+    half = len(data.batches) // 2 if variant.trained else 0
+    await load(conn, data.batches[:half])
+    if variant.index:
+        await conn.execute(f"CREATE INDEX vi ON document_embeddings {variant.index}")
+    result = Result(variant, inserted=sum(len(b) for b in data.batches[half:]))
+    result.insert = await cost(conn, pgdata, load(conn, data.batches[half:]))
+    await conn.execute("VACUUM ANALYZE document_embeddings")
+    result.size_mb = await index_mb(conn)
+    result.recall, result.p50_ms, result.p95_ms = await searched(conn, variant, data, kth)
+    if variant.index:
+        for settings in ({}, BIG_BUILD):
+            await conn.execute("DROP INDEX vi")
+            result.builds.append(await cost(conn, pgdata, build(conn, variant, settings)))
+        result.recall_bulk = (await searched(conn, variant, data, kth))[0]
+    return result
+
+
+# -- the server -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def embedded_server() -> Iterator[tuple[str, Path]]:
+    """A fresh embedded Postgres in a temporary folder: (admin URI, pgdata); stopped after."""
+    from tests.helpers import stop_embedded
+
+    with tempfile.TemporaryDirectory(prefix="dz-vector-index-") as folder:
+        pgdata = Path(folder) / "pg"
+        try:
+            yield start_embedded(Path(folder)), pgdata
+        finally:
+            stop_embedded(pgdata)
+            # pgserver's exit hook would stop it again and log that it could not
+            logging.getLogger("pgserver").setLevel(logging.CRITICAL)
+
+
+async def open_database(admin: str, data: Data) -> asyncpg.Connection:
+    """A `vector_index` database with the daemon's schema and one documents row a file."""
+    conn = await asyncpg.connect(admin)
+    await conn.execute("CREATE DATABASE vector_index")
+    await conn.close()
+    conn = await asyncpg.connect(with_database(admin, "vector_index"))
+    await conn.execute("CREATE EXTENSION vector")
+    await register_vector(conn)
+    await fresh_table(conn)
+    await conn.executemany(
+        "INSERT INTO documents (id, zone, doc_type, source_path, object_url, sha256, size_bytes)"
+        " VALUES ($1, 'bench', $2, $3, $3, $4, 0)",
+        [(doc, kind, f"bench/{doc}", hashlib.sha256(str(doc).encode()).hexdigest())
+         for doc, kind in data.documents])
+    return conn
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def ms_per(cost: Cost | None, chunks: int) -> str:
+    return "-" if cost is None or not chunks else f"{cost.cpu_s * 1000 / chunks:.2f}"
+
+
+def row(result: Result, chunks: int) -> str:
+    """One markdown table row (see HEADER)."""
+    insert = result.insert
+    builds = [f"{ms_per(b, chunks)} ({b.wall_s:.1f} s)" for b in result.builds] or ["-", "-"]
+    bulk = "" if result.recall_bulk is None else f" / {result.recall_bulk:.3f}"
+    cells = [result.variant.label, ms_per(insert, result.inserted),
+             "-" if insert is None else f"{insert.wall_s * 1000 / result.inserted:.2f}",
+             *builds, f"{result.recall:.3f}{bulk}", f"{result.p50_ms:.1f}",
+             f"{result.p95_ms:.1f}", f"{result.size_mb:.1f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| variant | insert CPU ms/chunk | insert wall ms/chunk | build CPU ms/chunk, 64MB 2w "
+          "(wall) | build CPU ms/chunk, 512MB 1w (wall) | recall@10 (incr / bulk) | p50 ms "
+          "| p95 ms | index MB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 platform.processor())
+    return f"{os.cpu_count()} cores ({model}), CPython {platform.python_version()}"
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+async def bench(admin: str, pgdata: Path, data: Data, keys: list[str]) -> list[Result]:
+    conn = await open_database(admin, data)
+    try:
+        version = await conn.fetchval("SELECT extversion FROM pg_extension "
+                                      "WHERE extname = 'vector'")
+        say(f"{await conn.fetchval('SHOW server_version')}, pgvector {version}")
+        results: list[Result] = []
+        kth: list[float] = []
+        for variant in (v for v in variants(data.chunks) if v.key in keys):
+            if version_tuple(version) < variant.since:
+                say(f"skipped {variant.label}: needs pgvector "
+                    f"{'.'.join(map(str, variant.since))}, the server has {version}")
+                continue
+            if not kth:  # the exact answers, on the first variant's loaded table
+                await fresh_table(conn)
+                await load(conn, data.batches)
+                kth = await exact_kth(conn, data)
+            say(f"{time.strftime('%H:%M:%S')} {variant.label} (load {os.getloadavg()[0]:.2f})")
+            results.append(await run_variant(conn, pgdata, variant, data, kth))
+            say(row(results[-1], data.chunks))
+        return results
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=40_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--data", choices=("hashing", "random"), default="hashing")
+    parser.add_argument("--variants", default=",".join(v.key for v in variants(1)))
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    make = hashing_data if args.data == "hashing" else random_data
+    data = make(args.chunks, args.queries, args.seed)
+    say(f"{data.chunks} chunks of {len(data.documents)} files, {len(data.queries)} queries")
+    load_start = os.getloadavg()
+    with embedded_server() as (admin, pgdata):
+        results = asyncio.run(bench(admin, pgdata, data, args.variants.split(",")))
+    print(f"{date.today()}, {machine()}; data {args.data}, {data.chunks} chunks "
+          f"({len(data.documents)} files), {len(data.queries)} queries; load average "
+          f"{load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")
+    print(HEADER)
+    for result in results:
+        print(row(result, data.chunks))
+
+
+if __name__ == "__main__":
+    main()
