@@ -2,7 +2,7 @@
 
     python -m bench.vector_index [--chunks 40000] [--queries 200] [--data corpus|text|random]
         [--variants none,hnsw,hnsw-efc32,hnsw-m8,halfvec,bit,ivfflat]
-        [--ef-search 40,200,1000] [--probes 20]
+        [--ef-search 40,200,400,1000] [--probes 5,20]
 
 A fresh embedded Postgres (pgserver + pgvector, through the daemon's own `start_embedded`) in a
 temporary folder, stopped at the end. Rows are what the daemon stores: files' text extracted by
@@ -21,7 +21,8 @@ Per variant, on a fresh `document_embeddings` table:
   `hnsw.ef_search` 80, as daemon/search.py does); recall@10 of its first 10 rows against an
   exact scan (index scans off), counting a row found when its distance is within the exact
   10th's (ties); p50/p95 of the query's round trip, after one warm-up pass; then again with
-  each other `--ef-search` (hnsw) or `--probes` (ivfflat) value;
+  each other `--ef-search` (hnsw) or `--probes` (ivfflat) value. The planner may scan the
+  table instead of using the index (ivfflat with many probes): such recalls say "(scan)";
 * build: the index dropped and built again over the N rows, with the server's defaults
   (maintenance_work_mem 64MB, 2 parallel workers) and with 512MB and 1 worker.
 
@@ -248,6 +249,10 @@ class Search:
     recall: float
     p50_ms: float
     p95_ms: float
+    indexed: bool  # whether the planner used the index (else it scanned the table: exact)
+
+    def recall_cell(self, variant: Variant) -> str:
+        return f"{self.recall:.3f}" + ("" if self.indexed or not variant.index else " (scan)")
 
 
 @dataclass
@@ -256,8 +261,8 @@ class Result:
     inserted: int = 0
     insert: Cost | None = None
     builds: list[Cost] = field(default_factory=list)  # server defaults, then BIG_BUILD
-    search: Search = Search(0.0, 0.0, 0.0)
-    recall_bulk: float | None = None
+    search: Search = Search(0.0, 0.0, 0.0, False)
+    bulk: Search | None = None
     size_mb: float = 0.0
     sweep: dict[int, Search] = field(default_factory=dict)  # knob value -> search
 
@@ -313,6 +318,7 @@ async def searched(conn: asyncpg.Connection, variant: Variant, data: Data, kth: 
     """recall@10 and latency over the queries, after an untimed warm-up pass; a row counts as
     found when its distance is within the exact 10th's (so ties count)."""
     settings = variant.search_set(value)
+    indexed = await uses_index(conn, variant.query, settings, data.queries[0], data.model)
     for probe in data.queries:
         await nearest(conn, variant.query, settings, probe, data.model)
     recalls, times = [], []
@@ -322,7 +328,14 @@ async def searched(conn: asyncpg.Connection, variant: Variant, data: Data, kth: 
         times.append((time.perf_counter() - started) * 1000)
         recalls.append(sum(1.0 - r["score"] <= limit + TIE for r in rows[:K]) / K)
     return Search(statistics.mean(recalls), float(np.percentile(times, 50)),
-                  float(np.percentile(times, 95)))
+                  float(np.percentile(times, 95)), indexed)
+
+
+async def uses_index(conn: asyncpg.Connection, query: str, settings: str, probe: Floats,
+                     model: str) -> bool:
+    """Whether the planner takes the index `vi` for this search (it may prefer a scan)."""
+    plan = await nearest(conn, f"EXPLAIN {query}", settings, probe, model)
+    return any(" using vi " in line[0] for line in plan)
 
 
 # -- one variant ----------------------------------------------------------------------------
@@ -357,7 +370,7 @@ async def run_variant(conn: asyncpg.Connection, pgdata: Path, variant: Variant, 
         for settings in ({}, BIG_BUILD):
             await conn.execute("DROP INDEX vi")
             result.builds.append(await cost(conn, pgdata, build(conn, variant, settings)))
-        result.recall_bulk = (await searched(conn, variant, data, kth)).recall
+        result.bulk = await searched(conn, variant, data, kth)
     return result
 
 
@@ -418,11 +431,11 @@ def row(result: Result, chunks: int) -> str:
     """One row of HEADER's table; the build columns are per chunk of all `chunks`."""
     insert, found = result.insert, result.search
     builds = [f"{ms_per(b, chunks)} ({b.wall_s:.1f})" for b in result.builds] or ["-", "-"]
-    bulk = "" if result.recall_bulk is None else f" / {result.recall_bulk:.3f}"
+    bulk = "" if result.bulk is None else f" / {result.bulk.recall_cell(result.variant)}"
     cells = [label(result.variant), ms_per(insert, result.inserted),
              "-" if insert is None else f"{insert.wall_s * 1000 / result.inserted:.2f}",
-             *builds, f"{found.recall:.3f}{bulk}", f"{found.p50_ms:.1f}", f"{found.p95_ms:.1f}",
-             f"{result.size_mb:.1f}"]
+             *builds, f"{found.recall_cell(result.variant)}{bulk}", f"{found.p50_ms:.1f}",
+             f"{found.p95_ms:.1f}", f"{result.size_mb:.1f}"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -433,7 +446,8 @@ def sweep_rows(results: Sequence[Result]) -> Iterator[str]:
     for result in results:
         for value, found in result.sweep.items():
             yield (f"| {result.variant.label} | {result.variant.knob} | {value} | "
-                   f"{found.recall:.3f} | {found.p50_ms:.1f} | {found.p95_ms:.1f} |")
+                   f"{found.recall_cell(result.variant)} | {found.p50_ms:.1f} | "
+                   f"{found.p95_ms:.1f} |")
 
 
 def machine() -> str:
@@ -495,9 +509,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--text-root", type=Path, default=Path(sysconfig.get_paths()["purelib"]),
                         help="--data text: a folder of text files (default: site-packages)")
     parser.add_argument("--variants", default=",".join(v.key for v in variants(1)))
-    parser.add_argument("--ef-search", type=numbers, default=[40, 200, 1000],
+    parser.add_argument("--ef-search", type=numbers, default=[40, 200, 400, 1000],
                         help="other hnsw.ef_search values to search with")
-    parser.add_argument("--probes", type=numbers, default=[20], help="other ivfflat.probes")
+    parser.add_argument("--probes", type=numbers, default=[5, 20], help="other ivfflat.probes")
     parser.add_argument("--seed", type=int, default=42)
     return parser.parse_args()
 
