@@ -22,7 +22,11 @@ Per variant, on a fresh `document_embeddings` table:
   exact scan (index scans off), counting a row found when its distance is within the exact
   10th's (ties); p50/p95 of the query's round trip, after one warm-up pass; then again with
   each other `--ef-search` (hnsw) or `--probes` (ivfflat) value. The planner may scan the
-  table instead of using the index (ivfflat with many probes): such recalls say "(scan)";
+  table instead of using the index (ivfflat with many probes): such recalls say "(scan)".
+  Every search is planned for its own settings and vector (`plan_cache_mode =
+  force_custom_plan`): asyncpg prepares the query, and after five runs Postgres may switch to
+  a generic plan, which for this query never uses a vector index (an exact scan, recall 1.0);
+  it did so with ivfflat at 40,000 chunks, with hnsw only on small tables (3,000);
 * build: the index dropped and built again over the N rows, with the server's defaults
   (maintenance_work_mem 64MB, 2 parallel workers) and with 512MB and 1 worker.
 
@@ -290,7 +294,8 @@ async def build(conn: asyncpg.Connection, variant: Variant, settings: dict[str, 
     for name, value in settings.items():
         await conn.execute(f"SET {name} = '{value}'")
     await conn.execute(f"CREATE INDEX vi ON document_embeddings {variant.index}")
-    await conn.execute("RESET ALL")
+    for name in settings:
+        await conn.execute(f"RESET {name}")
 
 
 async def nearest(conn: asyncpg.Connection, query: str, settings: str, probe: Floats,
@@ -398,6 +403,7 @@ async def open_database(admin: str, data: Data) -> asyncpg.Connection:
     await conn.close()
     conn = await asyncpg.connect(with_database(admin, "vector_index"))
     await conn.execute("CREATE EXTENSION vector")
+    await conn.execute("SET plan_cache_mode = force_custom_plan")  # see the module's docstring
     await register_vector(conn)
     await fresh_table(conn)
     await conn.executemany(
