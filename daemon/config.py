@@ -189,10 +189,14 @@ class DatabaseSettings(Frozen):
     # must not hold a file (or the daemon) forever. A large file's chunk COPY is bounded by
     # pipeline.stage_timeout_s instead (it lasts as long as the embedding does).
     command_timeout_s: float = Field(60.0, gt=0)
-    # with pgvector: an HNSW index for search. It costs ~5 ms of database CPU per chunk
-    # stored (2-core machine); for a large backfill turn it off, then on: the next start
-    # builds it over all rows at once, far faster.
+    # with pgvector: an HNSW index for search (daemon/vectorindex.py). Grown row by row it
+    # costs ~1.7 ms of database CPU per chunk, built over all rows ~0.4 ms: a backlog of at
+    # least `defer_index_files` files (and 30% of the documents stored) is stored without it,
+    # and it is built again once the backlog is under a tenth of that; 0 never drops it.
     hnsw_index: bool = True
+    defer_index_files: int = Field(1000, ge=0)
+    # the build's maintenance_work_mem: below the index's size it spills to disk, ~4x slower
+    index_build_mb: int = Field(512, ge=64, le=1_048_576)
 
     @field_validator("url")
     @classmethod

@@ -254,14 +254,11 @@ async def _close(pool: asyncpg.Pool, wait_s: float) -> None:
 
 
 async def _create_index(conn: asyncpg.Connection) -> None:
-    """The HNSW index if it is missing; a role without the right to create it goes on without
-    (search then scans, slower but right)."""
-    if await conn.fetchval("SELECT to_regclass('document_embeddings_hnsw')") is not None:
+    """The HNSW index on a table without rows, where it costs nothing; over rows it is built
+    by daemon.vectorindex once the backlog is small. A role without the right to create it
+    goes on without (search then scans, slower but right)."""
+    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM document_embeddings)"):
         return
-    rows = await conn.fetchval("SELECT reltuples::bigint FROM pg_class "
-                               "WHERE oid = 'document_embeddings'::regclass")
-    if rows and rows > 0:  # minutes for millions of chunks: say why the start waits
-        log.info("building_hnsw_index", chunks_estimate=rows)
     try:
         await conn.execute(sql("hnsw_index"))
     except asyncpg.InsufficientPrivilegeError as exc:

@@ -13,26 +13,27 @@ from typing import Any, TextIO, cast
 
 from tqdm import tqdm
 
-BAR_FORMAT = ("{desc:<9} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} files  "
+BAR_FORMAT = ("{desc:<9} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{unit}  "
               "{rate_fmt}  ETA {remaining}")
 OUTCOMES = ("stored", "duplicate", "quarantined", "vanished", "superseded")
 QUARANTINE_HINT = "see why: python -m daemon quarantine list"
 
 
 class Progress:
-    """One bar per phase of `--once` (storing, recording, finishing) on `stream`."""
+    """One bar per phase of `--once` (storing, recording, finishing, indexing) on `stream`."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self._bar: Any = None  # a tqdm bar
         self._phase = ""
 
-    def update(self, phase: str, left: int) -> None:
-        """`left` files still wait in `phase`; the first count seen is the phase's total."""
+    def update(self, phase: str, left: int, unit: str = "files") -> None:
+        """`left` files (or other units) still wait in `phase`; the first count seen is the
+        phase's total."""
         if phase != self._phase or self._bar is None:
             self.close()
             self._phase = phase
-            self._bar = tqdm(total=left, desc=phase, unit=" files", file=self.stream,
+            self._bar = tqdm(total=left, desc=phase, unit=f" {unit}", file=self.stream,
                              bar_format=BAR_FORMAT, smoothing=0.1, **size())
         done = max(0, int(self._bar.total or 0) - left)
         self._bar.update(done - self._bar.n)

@@ -48,6 +48,7 @@ from daemon.reload import Watching
 from daemon.retry import describe, retries_counted
 from daemon.sessions import Sessions
 from daemon.stages import Env
+from daemon.vectorindex import VectorIndex
 from daemon.watcher import Watcher
 
 if TYPE_CHECKING:  # imported where used: only a terminal run needs tqdm, only metrics theirs
@@ -390,7 +391,7 @@ class Supervisor:
             group.create_task(Tracker(env).run(stop_intake))
             upkeep = [group.create_task(task) for task in (
                 self._start_tracking(env), self._leases(env.ledger), self.notifier.keep_alive(),
-                self._become_ready(env, watching))]
+                self._become_ready(env, watching), VectorIndex(env.sessions).run())]
             await self.should_exit.wait()
             self.notifier.stopping(f"draining: {self._counts_text(env)}")
             stop_intake.set()
@@ -508,6 +509,8 @@ class Supervisor:
         files could not be recorded (MLflow stayed away): they stay for the next run."""
         watcher = Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s)
         await watcher.run_once(self.should_exit)
+        index = VectorIndex(env.sessions, self._index_progress)
+        await index.upkeep()  # a large backlog goes in without the search index
         horizon = await env.ledger.horizon()
         stored = partial(env.ledger.unfinished, horizon, STORING)
         recorded = partial(Tracker(env).record_all, horizon)
@@ -521,7 +524,13 @@ class Supervisor:
                       hint="these files stay in their zone; the next run records them")
             return False
         await self._until_done(env, finished, "finishing")
+        if not self.should_exit.is_set():
+            await index.upkeep()  # built again, if it was dropped and no backlog is left
         return True
+
+    def _index_progress(self, chunks_left: int) -> None:
+        if self.progress is not None:
+            self.progress.update("indexing", chunks_left, unit="chunks")
 
     async def _run_once(self, env: Env) -> int:
         started, workers = time.monotonic(), Workers(env, self.settings.pipeline.workers)

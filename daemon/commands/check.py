@@ -128,7 +128,8 @@ def pgvector_line(facts: Mapping[str, Any], dim: int) -> Line:
     column = str(facts.get("column_type") or "")
     if column.startswith("vector"):
         index = ("through its HNSW index" if facts.get("hnsw_index") else
-                 "without an HNSW index (database.hnsw_index: false, or no right to create it)")
+                 "without an HNSW index (database.hnsw_index: false, no right to create it, "
+                 "or left out while a large backlog goes in)")
         return Line("pgvector", OK, f"pgvector {facts.get('installed')}: embeddings are "
                     f"{column}; search uses cosine distance {index}")
     return Line("pgvector", WARN, f"{_why_no_vector(facts)}: search falls back to a slow "

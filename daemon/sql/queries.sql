@@ -241,9 +241,44 @@ SELECT d.id, d.zone, d.sha256,
 UPDATE documents SET metadata = $2::jsonb WHERE id = $1;
 
 -- name: hnsw_index
--- With pgvector: an HNSW index for cosine search (built once, kept up to date by inserts).
+-- With pgvector: an HNSW index for cosine search, kept up to date by inserts. Created with the
+-- schema while the table is empty (CONCURRENTLY would wait there on daemons queued for the
+-- schema lock, which wait on us); over rows, built CONCURRENTLY (the next query).
 CREATE INDEX IF NOT EXISTS document_embeddings_hnsw
     ON document_embeddings USING hnsw (embedding vector_cosine_ops);
+
+-- name: hnsw_index_concurrently
+-- Built (and dropped before a large backlog) by daemon.vectorindex without holding up writes.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS document_embeddings_hnsw
+    ON document_embeddings USING hnsw (embedding vector_cosine_ops);
+
+-- name: drop_search_index
+DROP INDEX CONCURRENTLY IF EXISTS document_embeddings_hnsw;
+
+-- name: search_index_facts
+-- What decides whether the HNSW index should exist now: files still to be stored (every zone),
+-- the documents stored (the planner's estimate: a count only before the first ANALYZE), and the
+-- index: NULL when missing, false while built (or left invalid by a build that was cut).
+SELECT (SELECT count(*) FROM dz_files WHERE stage IN ('hash', 'upload', 'store')) AS backlog,
+       (SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint
+                    ELSE (SELECT count(*) FROM documents) END
+          FROM pg_class WHERE oid = 'documents'::regclass) AS documents,
+       (SELECT indisvalid FROM pg_index
+         WHERE indexrelid = to_regclass('document_embeddings_hnsw')) AS valid;
+
+-- name: chunks_estimate
+-- The planner's estimate; a count before the first ANALYZE.
+SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint
+            ELSE (SELECT count(*) FROM document_embeddings) END
+  FROM pg_class WHERE oid = 'document_embeddings'::regclass;
+
+-- name: search_index_progress
+-- How far the index build of backend $1 is: tuples if the server counts them, else blocks of
+-- the table (pgvector 0.6 reports blocks while it loads the rows).
+SELECT phase,
+       CASE WHEN tuples_total > 0 THEN tuples_done ELSE blocks_done END AS done,
+       CASE WHEN tuples_total > 0 THEN tuples_total ELSE blocks_total END AS total
+  FROM pg_stat_progress_create_index WHERE pid = $1;
 
 -- name: search_vector
 -- pgvector: the $5 nearest chunks of model $2 (through the HNSW index), filtered by zone $3 and
@@ -336,7 +371,9 @@ SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS install
        (SELECT format_type(atttypid, atttypmod) FROM pg_attribute
          WHERE attrelid = to_regclass('document_embeddings') AND attname = 'embedding')
            AS column_type,
-       to_regclass('document_embeddings_hnsw') IS NOT NULL AS hnsw_index,
+       COALESCE((SELECT indisvalid FROM pg_index
+                  WHERE indexrelid = to_regclass('document_embeddings_hnsw')), false)
+           AS hnsw_index,
        current_setting('server_version_num')::int / 10000 AS major;
 
 -- name: quarantined_files

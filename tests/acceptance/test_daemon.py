@@ -188,3 +188,19 @@ def test_quickstart_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert len(sinks.object_keys()) == 3
     assert sorted(r["source_path"] for r in sinks.mlflow_records()) == sorted(docs)
     assert (tmp_path / "var" / "done" / "documents" / "hello.txt").exists()
+
+
+def test_a_large_backfill_goes_in_without_the_search_index_which_is_built_after(
+        tmp_path: Path) -> None:
+    """30 files against `defer_index_files: 10` on the embedded pgvector: the HNSW index is
+    dropped before they go in, built over every chunk once they are all in, and used."""
+    path = write_config(tmp_path, database={"url": "embedded", "defer_index_files": 10})
+    texts = make_corpus(tmp_path / "zones" / "docs", 30)
+    daemon = Daemon(path, "--once")
+    assert daemon.run() == 0, daemon.output()[-2000:]
+    names = [e["event"] for e in daemon.events if e["event"].startswith("search_index")]
+    assert names[0] == "search_index_deferred" and names[-1] == "search_index_built", names
+    finder = Daemon(path, "search", "word17", "--json", "--limit", "1")
+    assert finder.run(120) == 0, finder.output()[-2000:]
+    hits = [e for e in finder.events if "score" in e]
+    assert hits and texts[hits[0]["source_path"]].startswith("document batch 17"), hits
