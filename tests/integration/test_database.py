@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,6 +109,22 @@ async def a_document(db: Database) -> int:
 
 def chunk_rows(doc: int, count: int, dim: int = 384) -> list[tuple[object, ...]]:
     return [(doc, i, "k", "d", f"chunk {i}", 0, [0.5] * dim, "m") for i in range(count)]
+
+
+async def test_a_chunk_row_is_kept_whole_in_its_page(tmp_path: Path, database_url: str) -> None:
+    """A 384-d vector and a 1,000-char chunk stay inline: nothing goes to the TOAST table
+    (a second insert per chunk, read back on every search), on pgvector and on real[]."""
+    async with Database(settings_for(tmp_path, database_url)) as db, \
+            db.pool.acquire() as conn:
+        doc = await a_document(db)
+        rng = random.Random(7)  # text and vectors that do not compress, as real ones
+        rows = [(doc, i, "k", "d", "".join(rng.choices(string.ascii_letters, k=1000)), 0,
+                 [rng.random() for _ in range(384)], "m") for i in range(50)]
+        assert await db.copy_embeddings(conn, rows) == 50
+        toast = await conn.fetchval(
+            "SELECT pg_relation_size(reltoastrelid) FROM pg_class "
+            "WHERE oid = 'document_embeddings'::regclass")
+        assert toast == 0
 
 
 async def test_a_copy_to_a_server_that_stops_answering_times_out(
