@@ -9,6 +9,10 @@ SELECT $1, p, s, m, r FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::by
 ON CONFLICT DO NOTHING
 RETURNING id;
 
+-- name: analyze_ledger
+-- After a large discovery (daemon.ledger): a role that may not analyze gets a warning, no error.
+ANALYZE dz_files;
+
 -- name: claim
 -- Take up to $4 files whose next step is due and whose lease (if any) has run out; never one
 -- of ours still in hand ($5: a stuck one's lease lapses for others to take, not for us).

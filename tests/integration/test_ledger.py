@@ -34,6 +34,19 @@ async def test_discovery_is_idempotent_per_version(sessions: Sessions) -> None:
     assert await a.discover("docs", [Entry("x.txt", 5, 200)]) == 1
 
 
+async def test_a_large_discovery_gives_the_ledger_statistics(sessions: Sessions) -> None:
+    """A backfill's thousands of new rows are analyzed at once (before, the claim sorted
+    every due row): the planner's row count is known from the 1,000th file."""
+    async def planned_rows() -> float:
+        return float(await sessions.fetchval(
+            "SELECT reltuples FROM pg_class WHERE oid = 'dz_files'::regclass"))
+    a = ledger(sessions, "a")
+    await a.discover("docs", [Entry(f"{i}.txt", 1, 1) for i in range(999)])
+    assert await planned_rows() <= 0  # never analyzed: -1 (0 on Postgres before 14)
+    await a.discover("docs", [Entry("last.txt", 1, 1)])
+    assert await planned_rows() == 1000
+
+
 async def test_claims_are_exclusive(sessions: Sessions) -> None:
     """Two owners claiming at once get disjoint files that together are all of them."""
     a, b = ledger(sessions, "a"), ledger(sessions, "b")
