@@ -235,38 +235,22 @@ def backfilled(ctx: Ctx, run_per_file: bool) -> str:
     elif runs < 1:
         raise Failed("no finished MLflow run")
     chunks = infra.count_rows(ctx.db.url(), "document_embeddings")
-    return f"{chunks} chunks, {runs} MLflow run(s)"
+    return f"{chunks} chunks, {runs} MLflow run(s){indexed(ctx)}"
+
+
+def indexed(ctx: Ctx) -> str:
+    """With pgvector the run is over only once the search index is there (built at the end
+    of a large backfill, inside the timed run)."""
+    if ctx.db.mode != "embedded":
+        return ""
+    if not infra.index_exists(ctx.db.url(), "document_embeddings_hnsw"):
+        raise Failed("no HNSW index after the run")
+    return ", HNSW index built"
 
 
 def dropzone(ctx: Ctx) -> Outcome:
     """The daemon as shipped: one MLflow run per `--once` batch."""
     return _dropzone(ctx, run_per_file=False)
-
-
-def dropzone_index_after(ctx: Ctx) -> Outcome:
-    """The README's way through a large backfill: `--once` with `database.hnsw_index: false`,
-    then one `--once` with it on (the zone now empty), which builds the HNSW index over all
-    the rows at once; both timed, the row is their sum. Without pgvector (`--database
-    server`) there is no index to build."""
-    zone, cmd = warmed_up(ctx, hnsw_index=False)
-    fill_zone(ctx.corpus, zone)
-    first, second = ctx.cpu_watch(), ctx.cpu_watch()
-    run = ctx.timed(cmd, "run", REPO, (first,))
-    require(run, "--once")
-    note = backfilled(ctx, run_per_file=False)
-    index_cmd = daemon_command(daemon_config(ctx, zone, run_per_file=False), "--once")
-    index = ctx.timed(index_cmd, "index", REPO, (second,))
-    require(index, "--once building the index")
-    built = infra.index_exists(ctx.db.url(), "document_embeddings_hnsw")
-    if ctx.db.mode == "embedded" and not built:
-        raise Failed("no HNSW index after the second --once")
-    steps = first.seconds(), second.seconds()
-    used = {group: steps[0][group] + steps[1][group] for group in cpu.GROUPS}
-    per_file = [f"{1000 * sum(step.values()) / ctx.files:.1f} ms CPU/file" for step in steps]
-    what = "HNSW index" if built else "no index to build"
-    return Outcome(ctx.files, run.seconds + index.seconds, cpu=used,
-                   note=f"{note}; --once {run.seconds:.1f} s ({per_file[0]}) + {what} "
-                        f"{index.seconds:.1f} s ({per_file[1]})")
 
 
 def dropzone_run_per_file(ctx: Ctx) -> Outcome:
@@ -404,7 +388,6 @@ CONTENDERS: dict[str, Callable[[Ctx], Outcome]] = {
     "s5cmd": s5cmd,
     "aws-cli": aws_cli,
     "dropzone": dropzone,
-    "dropzone-index-after": dropzone_index_after,
     "dropzone-run-per-file": dropzone_run_per_file,
     "mlflow-alone-per-file": mlflow_alone,
     "dropzone-startup": dropzone_startup,

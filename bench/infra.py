@@ -581,8 +581,10 @@ def count_rows(url: str, table: str) -> int:
 
 
 def index_exists(url: str, name: str) -> bool:
-    """Whether the database at `url` has the index `name` (our names, never user input)."""
-    return bool(_scalar(url, f"SELECT to_regclass('{name}') IS NOT NULL"))
+    """Whether the database at `url` has the index `name`, built and valid (our names, never
+    user input)."""
+    return bool(_scalar(url, "SELECT coalesce((SELECT indisvalid FROM pg_index WHERE "
+                             f"indexrelid = to_regclass('{name}')), false)"))
 
 
 def last_document_at(url: str) -> float:

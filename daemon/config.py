@@ -190,11 +190,11 @@ class DatabaseSettings(Frozen):
     # pipeline.stage_timeout_s instead (it lasts as long as the embedding does).
     command_timeout_s: float = Field(60.0, gt=0)
     # with pgvector: an HNSW index for search (daemon/vectorindex.py). Grown row by row it
-    # costs ~1.7 ms of database CPU per chunk, built over all rows ~0.4 ms: a backlog of at
-    # least `defer_index_files` files (and 30% of the documents stored) is stored without it,
-    # and it is built again once the backlog is under a tenth of that; 0 never drops it.
+    # costs ~1.7 ms of database CPU per chunk, built over all rows ~0.4 ms: a backlog that
+    # will make at least `defer_index_chunks` chunks (and 30% of those stored) is stored
+    # without it, built again once the backlog is under a tenth of that; 0 never drops it.
     hnsw_index: bool = True
-    defer_index_files: int = Field(1000, ge=0)
+    defer_index_chunks: int = Field(20_000, ge=0)
     # the build's maintenance_work_mem: below the index's size it spills to disk, ~4x slower
     index_build_mb: int = Field(512, ge=64, le=1_048_576)
 

@@ -3,7 +3,8 @@
 Grown row by row, pgvector's HNSW index costs ~1.7 ms of database CPU per chunk on a 2-core
 machine; built over every row at once with enough `maintenance_work_mem`, ~0.4 ms
 (bench/README.md, "Vector index cost"). So a backlog that is large against what is stored
-already is stored without the index, and the index is built once the backlog has drained;
+already (in chunks, from its bytes) is stored without the index, and the index is built once
+the backlog has drained;
 search scans meanwhile (exact, slower). Any daemon sharing the database may take either step,
 one at a time under an advisory lock; both run CONCURRENTLY, so no write or search of another
 daemon waits on them.
@@ -27,7 +28,7 @@ from daemon.sessions import Sessions
 log = get_logger("dropzone.vectorindex")
 INDEX_LOCK = 0x64727669  # "drvi": one daemon at a time drops or builds the index
 # grown 1.7 ms/chunk, built 0.38 ms/chunk over all rows: a rebuild pays once the backlog's
-# chunks reach 0.38 / (1.7 - 0.38) = 0.29 of those stored; documents stand in for chunks
+# chunks reach 0.38 / (1.7 - 0.38) = 0.29 of those stored
 DEFER_SHARE = 0.3
 UPKEEP_S = 5.0  # how often a daemon looks at the backlog
 PROGRESS_S = 5.0  # how often a build reports how far it is
@@ -62,13 +63,18 @@ class VectorIndex:
 
     def _step(self, facts: asyncpg.Record) -> Step | None:
         """What the facts call for: drop, build, or nothing."""
-        backlog, documents, valid = facts["backlog"], facts["documents"], facts["valid"]
-        least = self.settings.defer_index_files
-        if valid and least and backlog >= max(least, DEFER_SHARE * documents):
+        coming, least = self._coming(facts), self.settings.defer_index_chunks
+        if facts["valid"] and least and coming >= max(least, DEFER_SHARE * facts["chunks"]):
             return self._drop
-        if not valid and backlog <= least // 10:
+        if not facts["valid"] and coming <= least // 10:
             return self._build
         return None
+
+    def _coming(self, facts: asyncpg.Record) -> int:
+        """The chunks the backlog will make: its bytes over the chunk step (text files make
+        about that many; other formats fewer)."""
+        embedding = self.sessions.settings.embedding
+        return int(facts["bytes"]) // (embedding.chunk_chars - embedding.chunk_overlap)
 
     async def _facts(self, conn: asyncpg.Connection | None = None) -> asyncpg.Record:
         if conn is None:
@@ -96,16 +102,15 @@ class VectorIndex:
 
     async def _drop(self, conn: asyncpg.Connection, facts: asyncpg.Record) -> None:
         await conn.execute(sql("drop_search_index"), timeout=BUILD_TIMEOUT_S)
-        log.info("search_index_deferred", files_waiting=facts["backlog"],
-                 documents=facts["documents"],
+        log.info("search_index_deferred", files_waiting=facts["files"],
+                 chunks_coming=self._coming(facts), chunks_stored=facts["chunks"],
                  note="stored without the HNSW index, which is built once they are in; "
                       "search scans meanwhile")
 
     async def _build(self, conn: asyncpg.Connection, facts: asyncpg.Record) -> None:
         """Build over every row at once (a leftover of a build that was cut is dropped
         first: IF NOT EXISTS would keep it), reporting progress while it runs."""
-        started = time.monotonic()
-        chunks = await conn.fetchval(sql("chunks_estimate"))
+        started, chunks = time.monotonic(), int(facts["chunks"])
         log.info("search_index_building", chunks_estimate=chunks)
         if facts["valid"] is False:
             await conn.execute(sql("drop_search_index"), timeout=BUILD_TIMEOUT_S)

@@ -192,9 +192,10 @@ def test_quickstart_on_the_embedded_defaults(tmp_path: Path) -> None:
 
 def test_a_large_backfill_goes_in_without_the_search_index_which_is_built_after(
         tmp_path: Path) -> None:
-    """30 files against `defer_index_files: 10` on the embedded pgvector: the HNSW index is
-    dropped before they go in, built over every chunk once they are all in, and used."""
-    path = write_config(tmp_path, database={"url": "embedded", "defer_index_files": 10})
+    """30 files (~28 chunks) against `defer_index_chunks: 10` on the embedded pgvector: the
+    HNSW index is dropped before they go in, built over every chunk once they are in, and
+    used."""
+    path = write_config(tmp_path, database={"url": "embedded", "defer_index_chunks": 10})
     texts = make_corpus(tmp_path / "zones" / "docs", 30)
     daemon = Daemon(path, "--once")
     assert daemon.run() == 0, daemon.output()[-2000:]

@@ -49,7 +49,7 @@ async def sessions(tmp_path: Path, vector_server: str) -> AsyncIterator[Sessions
     admin = await asyncpg.connect(vector_server)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = with_database(vector_server, name)
-    settings = settings_for(tmp_path, {"url": url, "defer_index_files": 10})
+    settings = settings_for(tmp_path, {"url": url, "defer_index_chunks": 10})
     try:
         async with Sessions(settings) as opened:
             assert opened.db.vector
@@ -81,9 +81,10 @@ async def add_documents(sessions: Sessions, count: int, chunks: int = 3) -> None
 
 
 async def add_backlog(sessions: Sessions, files: int) -> None:
+    """Files of 1,000 bytes: 1.1 chunks each at the default chunk step (900 characters)."""
     await sessions.execute(
         "INSERT INTO dz_files (zone, rel_path, size_bytes, mtime_ns) "
-        "SELECT 'docs', 'new/' || i, 1, 1 FROM generate_series(1, $1) AS i", files)
+        "SELECT 'docs', 'new/' || i, 1000, 1 FROM generate_series(1, $1) AS i", files)
 
 
 async def test_a_large_backlog_goes_in_without_the_index_which_is_built_after(
@@ -95,7 +96,7 @@ async def test_a_large_backlog_goes_in_without_the_index_which_is_built_after(
     await index.upkeep()
     assert await index_state(sessions) is None
     await sessions.execute("UPDATE dz_files SET stage = 'track' WHERE id % 2 = 0")
-    await index.upkeep()  # 10 left: not below a tenth of defer_index_files yet
+    await index.upkeep()  # 11 chunks to come: more than a tenth of defer_index_chunks
     assert await index_state(sessions) is None
     await sessions.execute("UPDATE dz_files SET stage = 'done'")
     await index.upkeep()
@@ -112,7 +113,8 @@ async def test_a_large_backlog_goes_in_without_the_index_which_is_built_after(
 
 async def test_a_backlog_small_against_what_is_stored_keeps_the_index(
         sessions: Sessions) -> None:
-    """20 files against 100 documents: growing the index costs less than building it."""
+    """22 chunks to come against 100 stored: growing the index costs less than building
+    it over all 122."""
     await add_documents(sessions, 100, chunks=1)
     await add_backlog(sessions, 20)
     await VectorIndex(sessions).upkeep()
@@ -147,7 +149,7 @@ async def test_a_build_that_was_cut_is_replaced(sessions: Sessions) -> None:
 async def test_turned_off_it_is_never_touched(tmp_path: Path, sessions: Sessions) -> None:
     await add_backlog(sessions, 20)
     off = settings_for(tmp_path / "off", {"url": sessions.settings.database.url,
-                                          "hnsw_index": False, "defer_index_files": 10})
+                                          "hnsw_index": False, "defer_index_chunks": 10})
     async with Sessions(off) as other:
         await VectorIndex(other).upkeep()
     assert await index_state(sessions) is True
