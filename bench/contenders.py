@@ -296,7 +296,7 @@ def _processes(ctx: Ctx, count: int) -> Outcome:
     for index, run in enumerate(runs):
         require(run, f"--once #{index}")
     expect("documents", infra.count_rows(ctx.db.url(), "documents"), ctx.files)
-    return Outcome(ctx.files, seconds, note=f"{count} processes sharing one ledger")
+    return Outcome(ctx.files, seconds, note=f"{count} processes sharing one ledger{indexed(ctx)}")
 
 
 def dropzone_x2(ctx: Ctx) -> Outcome:
