@@ -221,7 +221,8 @@ def _dropzone(ctx: Ctx, run_per_file: bool) -> Outcome:
     memory, watch = infra.PeakPss(), ctx.cpu_watch()
     run = ctx.timed(cmd, "run", REPO, (memory, watch))
     require(run, "--once")
-    note = f"{backfilled(ctx, run_per_file)}, peak PSS {memory.peak / 2**20:.0f} MiB"
+    note = (f"{backfilled(ctx, run_per_file)}, peak PSS {memory.peak / 2**20:.0f} MiB "
+            f"({memory.breakdown()})")
     return Outcome(ctx.files, run.seconds, note=note, cpu=watch.seconds())
 
 
@@ -323,7 +324,8 @@ def dropzone_large_file(ctx: Ctx) -> Outcome:
     expect("documents", infra.count_rows(ctx.db.url(), "documents"), 1)
     chunks = infra.count_rows(ctx.db.url(), "document_embeddings")
     return Outcome(1, run.seconds, note=f"{size / 2**20:.0f} MiB file, {chunks} chunks, peak "
-                                        f"PSS {memory.peak / 2**20:.0f} MiB", cpu=watch.seconds())
+                                        f"PSS {memory.peak / 2**20:.0f} MiB "
+                                        f"({memory.breakdown()})", cpu=watch.seconds())
 
 
 def _large_file(corpus: Path, target: Path, size: int) -> int:

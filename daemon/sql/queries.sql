@@ -473,8 +473,11 @@ SELECT key FROM c WHERE EXISTS (SELECT 1 FROM dz_files AS f
 
 -- name: end_lost_sessions
 -- server ends of our connections that our pool dropped (a timeout on a frozen connection):
--- still running, perhaps holding locks. Connections still being set up are left alone.
+-- still running, perhaps holding locks. Connections still being set up are left alone, and
+-- so are the parallel workers of a query of ours (they carry its application_name: ending
+-- one cut a search index build short).
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS ended
 FROM pg_stat_activity
 WHERE application_name = $1 AND pid <> ALL($2::int[]) AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend' AND leader_pid IS NULL
   AND backend_start < now() - make_interval(secs => $3);
