@@ -133,16 +133,18 @@ class PeakPss(Sampler):
 
 
 def role(pid: int, root: int) -> str:
-    """What a process of the daemon's tree is: the daemon, its fork server, the MLflow process
-    (it has sqlite and SQLAlchemy mapped), or an embedding worker."""
+    """What a process of the daemon's tree is: the daemon, the MLflow process (it has sqlite
+    and SQLAlchemy mapped), the fork server (the daemon's child: the processes it forks keep
+    its command line) or an embedding worker."""
     if pid == root:
         return "daemon"
-    with contextlib.suppress(OSError):
-        if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return "fork server"
+    with contextlib.suppress(OSError, ValueError):
         maps = Path(f"/proc/{pid}/maps").read_text()
         if "_sqlite3" in maps or "sqlalchemy" in maps:
             return "mlflow"
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        if parent == root:
+            return "fork server"
     return "worker"
 
 
