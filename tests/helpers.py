@@ -298,6 +298,16 @@ class Daemon:
             self.process.wait(30)
 
 
+async def pgvector_available(url: str) -> bool:
+    """Whether the server at `url` could install pgvector."""
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
+    finally:
+        await conn.close()
+
+
 def settings_for(folder: Path, database_url: str | dict[str, Any], **sections: Any) -> Settings:
     """Settings for in-process tests, from the same YAML a user would write."""
     path = write_config(folder, database=database_url, **sections)

@@ -264,16 +264,16 @@ DROP INDEX CONCURRENTLY IF EXISTS document_embeddings_hnsw;
 -- stored (every zone), the chunks stored (estimated as the planner does, from the rows per page
 -- last seen and the pages now; counted while no page was ever seen), and the index: NULL when missing, false while built (or left invalid by a build
 -- that was cut).
-SELECT (SELECT count(*) FROM dz_files WHERE stage IN ('hash', 'upload', 'store')) AS files,
-       (SELECT coalesce(sum(size_bytes), 0)::bigint FROM dz_files
-         WHERE stage IN ('hash', 'upload', 'store')) AS bytes,
+SELECT backlog.files, backlog.bytes,
        (SELECT CASE WHEN relpages > 0 AND reltuples >= 0
                     THEN (reltuples / relpages * (pg_relation_size(oid) /
                           current_setting('block_size')::int))::bigint
                     ELSE (SELECT count(*) FROM document_embeddings) END
           FROM pg_class WHERE oid = 'document_embeddings'::regclass) AS chunks,
        (SELECT indisvalid FROM pg_index
-         WHERE indexrelid = to_regclass('document_embeddings_hnsw')) AS valid;
+         WHERE indexrelid = to_regclass('document_embeddings_hnsw')) AS valid
+  FROM (SELECT count(*) AS files, coalesce(sum(size_bytes), 0)::bigint AS bytes FROM dz_files
+         WHERE stage IN ('hash', 'upload', 'store')) AS backlog;
 
 -- name: search_index_progress
 -- How far the index build of backend $1 is: tuples if the server counts them, else blocks of

@@ -15,16 +15,7 @@ import pytest
 from daemon import database
 from daemon.database import SCHEMA_VERSION, Database
 from daemon.errors import ConfigError
-from tests.helpers import proxy_for, settings_for, via_proxy
-
-
-async def pgvector_available(url: str) -> bool:
-    conn = await asyncpg.connect(url)
-    try:
-        return bool(await conn.fetchval(
-            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
-    finally:
-        await conn.close()
+from tests.helpers import pgvector_available, proxy_for, settings_for, via_proxy
 
 
 async def test_schema_uses_pgvector_exactly_when_the_server_has_it(

@@ -15,7 +15,7 @@ import pytest
 from daemon.database import start_embedded, with_database
 from daemon.sessions import Sessions
 from daemon.vectorindex import INDEX_LOCK, VectorIndex
-from tests.helpers import settings_for, stop_embedded
+from tests.helpers import pgvector_available, settings_for, stop_embedded
 
 pytestmark = pytest.mark.db
 
@@ -23,25 +23,12 @@ pytestmark = pytest.mark.db
 @pytest.fixture(scope="module")
 def vector_server(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An admin URL of a server with pgvector: the test server's if it has it."""
-    if _has_pgvector(pg_server):
+    if asyncio.run(pgvector_available(pg_server)):
         yield pg_server
         return
     folder = tmp_path_factory.mktemp("pgvector")
     yield start_embedded(folder)
     stop_embedded(folder / "pg")
-
-
-def _has_pgvector(url: str) -> bool:
-    import asyncio
-
-    async def ask() -> bool:
-        conn = await asyncpg.connect(url)
-        try:
-            return bool(await conn.fetchval(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
-        finally:
-            await conn.close()
-    return asyncio.run(ask())
 
 
 @pytest.fixture
