@@ -90,6 +90,9 @@ class SeaweedFS:
         return [weed_binary(), "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", *(f"-{flag}={port}" for flag, port in self.ports.items()),
                 f"-s3.config={s3_json}", "-s3.autoCreateBucket=false",
+                # each bucket takes a volume of its own; unset, the limit is free disk / 128 MB
+                # (77 here), and the suite's later buckets met "no free volumes left"
+                "-volume.max=2000",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]
 
