@@ -192,8 +192,14 @@ def fill_zone(corpus: Path, zone: Path) -> None:
             shutil.copy2(source, target)
 
 
+# the interpreter dropzone runs under: this one (the dev install), or `--daemon-python`, e.g. a
+# venv made by the README's first line (what users get: mlflow-skinny, without pandas or pyarrow)
+DAEMON_PYTHON = [sys.executable]
+
+
 def daemon_command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "daemon", "--config", str(config), *args, "--log-format", "json"]
+    return [DAEMON_PYTHON[0], "-m", "daemon", "--config", str(config), *args,
+            "--log-format", "json"]
 
 
 def warmed_up(ctx: Ctx, run_per_file: bool = False,

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import corpus, cpu, infra, peers
+from bench import contenders, corpus, cpu, infra, peers
 from bench.contenders import CONTENDERS, REPO, Ctx, Failed, Outcome
 
 BENCH = Path(__file__).resolve().parent
@@ -116,7 +116,8 @@ def machine_lines(corpus_root: Path, s3: infra.Endpoint, database: str) -> list[
         f"nproc: {_command_output(['nproc'])}",
         f"cpu: {cpu_model()}",
         load_line(),
-        f"python: {platform.python_implementation()} {platform.python_version()}",
+        f"python: {platform.python_implementation()} {platform.python_version()}; dropzone "
+        f"runs under {contenders.DAEMON_PYTHON[0]}",
         f"dropzone: {dropzone_commit()}",
         f"s5cmd: {_command_output([str(peers.s5cmd_binary()), 'version'])}; "
         f"aws: {_command_output([str(peers.aws_binary()), '--version'])}",
@@ -206,7 +207,9 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run."""
     only = f" --only {','.join(args.names)}" if args.only else ""
     return (f"python -m bench.run --files {args.files}{only} --s3 {args.s3} "
-            f"--database {args.database} --seed {args.seed}")
+            f"--database {args.database} --seed {args.seed}"
+            + (f" --daemon-python {args.daemon_python}"
+               if args.daemon_python != sys.executable else ""))
 
 
 def save(header: list[str], tables: list[str], args: argparse.Namespace) -> Path:
@@ -287,6 +290,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="keep the work folder (logs, configs, zones) even when all is well")
     parser.add_argument("--s3", choices=("seaweedfs", "moto"), default="seaweedfs",
                         help="the S3 server (default seaweedfs: weed mini)")
+    parser.add_argument("--daemon-python", default=sys.executable,
+                        help="the interpreter dropzone runs under (default this one; a venv "
+                        "made by `pip install .` measures what users get)")
     parser.add_argument("--database", choices=("embedded", "server"), default="embedded",
                         help="the daemon's embedded Postgres per contender (default), or fresh "
                         "databases on $DZ_BENCH_DATABASE_URL or 127.0.0.1:5432")
@@ -325,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; leave nothing behind but the results (and the logs of failures)."""
     args = parse(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    contenders.DAEMON_PYTHON[0] = args.daemon_python
     clean_up_dead_runs(args.database)
     work = WORK / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
     failed = True
