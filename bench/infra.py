@@ -133,14 +133,15 @@ class PeakPss(Sampler):
 
 
 def role(pid: int, root: int) -> str:
-    """What a process of the daemon's tree is: the daemon, the MLflow process (it has sqlite
-    and SQLAlchemy mapped), the fork server (the daemon's child: the processes it forks keep
+    """What a process of the daemon's tree is: the daemon, the MLflow process (it has
+    SQLAlchemy's compiled parts mapped; sqlite is in every child, from the fork server's
+    preload of daemon.tracking), the fork server (the daemon's child: the processes it forks keep
     its command line) or an embedding worker."""
     if pid == root:
         return "daemon"
     with contextlib.suppress(OSError, ValueError):
         maps = Path(f"/proc/{pid}/maps").read_text()
-        if "_sqlite3" in maps or "sqlalchemy" in maps:
+        if "/sqlalchemy/" in maps:
             return "mlflow"
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         if parent == root:
