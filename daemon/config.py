@@ -222,6 +222,9 @@ class MlflowSettings(Frozen):
     artifact_location: str | None = None
     # one call to the MLflow process; a call that takes longer replaces that process
     timeout_s: float = Field(120.0, gt=0)
+    # the MLflow process ends after this long without a window to record, and starts again
+    # (2-3 s of CPU) for the next; 0: it lives as long as the daemon
+    idle_stop_s: float = Field(120.0, ge=0)
 
     @field_validator("tracking_uri")
     @classmethod

@@ -174,11 +174,14 @@ class Tracker:
     def __init__(self, env: Env) -> None:
         self.env = env
         self.settings = env.settings.mlflow
+        self.busy_at = time.monotonic()  # when a window was last due
 
     async def _due(self) -> bool:
         files, oldest_s = await self.env.ledger.track_window()
         window = self.settings
-        return files >= window.window_files or (files > 0 and oldest_s >= window.window_s)
+        due = files >= window.window_files or (files > 0 and oldest_s >= window.window_s)
+        self.busy_at = time.monotonic() if due or files else self.busy_at
+        return due
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -193,7 +196,17 @@ class Tracker:
                 report_loop_error("tracking_failed", exc, retry_in_s=min(60, 2**failures))
                 await sleep_unless(stop, min(60, 2**failures))
                 continue
+            await self._rest_if_idle()
             await sleep_unless(stop, min(1.0, self.settings.window_s / 4))
+
+    async def _rest_if_idle(self) -> None:
+        """MLflow's process ends after `idle_stop_s` with nothing to record: a daemon that
+        waits for files does not hold MLflow's ~150 MiB meanwhile."""
+        idle_s, tracking = time.monotonic() - self.busy_at, self.env.sessions.tracking
+        if self.settings.idle_stop_s and tracking.running and idle_s >= self.settings.idle_stop_s:
+            await tracking.rest()
+            log.info("mlflow_process_stopped", idle_s=round(idle_s, 1),
+                     note="it starts again for the next window")
 
     async def record_all(self, horizon: int) -> int:
         """Record every waiting file we can claim (for `--once`); returns how many still wait

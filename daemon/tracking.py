@@ -241,15 +241,25 @@ class Tracking:
         self.state_dir = state_dir
         token_from_credentials()
         verify_store(settings)
-        self.generation = 0  # how many MLflow processes this daemon has started
+        self.generation = 1  # 1 + how many MLflow processes died or were killed under a call
         self._executor = self._spawn()
         self.warmup: Future[None] | None = None
 
     def _spawn(self) -> ProcessPoolExecutor:
-        """The MLflow process (`workers.context`: it imports MLflow on its first call)."""
-        self.generation += 1
+        """The MLflow process (`workers.context`), started by the first call or `start`."""
         return ProcessPoolExecutor(1, mp_context=workers.context(), initializer=_init_worker,
                                    initargs=(self, *workers.parent_state()))
+
+    @property
+    def running(self) -> bool:
+        return self.warmup is not None
+
+    async def rest(self) -> None:
+        """End the MLflow process between calls (its import holds ~150 MiB); the next call
+        starts another. Only while no call runs: its successor may then trust `made_here`,
+        since every run the old one made is in the ledger."""
+        executor, self._executor, self.warmup = self._executor, self._spawn(), None
+        await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     def start(self) -> None:
         """Import MLflow and open the store in the background (once; else the first call
@@ -296,6 +306,7 @@ class Tracking:
             for process in list(getattr(executor, "_processes", {}).values()):
                 process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
+        self.generation += 1
         self._executor = self._spawn()
         self.warmup = None
 

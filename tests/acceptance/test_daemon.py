@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -11,6 +12,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from tests.documents import make_pdf
 from tests.helpers import (
@@ -205,3 +208,34 @@ def test_a_large_backfill_goes_in_without_the_search_index_which_is_built_after(
     assert finder.run(120) == 0, finder.output()[-2000:]
     hits = [e for e in finder.events if "score" in e]
     assert hits and texts[hits[0]["source_path"]].startswith("document batch 17"), hits
+
+
+def mlflow_processes(pid: int) -> int:
+    """The daemon's processes with MLflow's store open (SQLAlchemy's compiled parts mapped)."""
+    count = 0
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(OSError):
+            count += "/sqlalchemy/" in Path(f"/proc/{child.pid}/maps").read_text()
+    return count
+
+
+def test_the_mlflow_process_ends_when_idle_and_a_new_one_records_the_next_window(
+        tmp_path: Path, database_url: str) -> None:
+    """`mlflow.idle_stop_s` after its last window the MLflow process is gone; the next file
+    is still recorded, once, by a new one."""
+    path = write_config(tmp_path, database=database_url,
+                        mlflow={"window_s": 0.5, "idle_stop_s": 2})
+    zone, texts = tmp_path / "zones" / "docs", {"first.txt": "one", "second.txt": "two"}
+    with Daemon(path) as daemon:
+        daemon.wait_for("daemon_ready", 120)
+        assert daemon.process is not None
+        drop(zone, "first.txt", texts["first.txt"])
+        daemon.wait_for("batch_tracked", 120)
+        daemon.wait_for("mlflow_process_stopped", 60)
+        wait_until(lambda: mlflow_processes(daemon.process.pid) == 0, 30,  # type: ignore[union-attr]
+                   "no MLflow process")
+        drop(zone, "second.txt", texts["second.txt"])
+        wait_until(lambda: len(daemon.named("batch_tracked")) == 2, 120, "a second window")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    assert_exactly_once(Sinks(path), texts)
