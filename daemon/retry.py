@@ -53,6 +53,8 @@ MISCONFIGURED_S3_CODES = frozenset({
     "AuthorizationHeaderMalformed", "PermanentRedirect", "InvalidRequest",
     "KMS.NotFoundException", "KMS.DisabledException", "KMS.AccessDeniedException",
     "KMS.KMSInvalidStateException", "KMSAccessDenied",
+    # a 501: the server lacks what the request asks for (MinIO: aws:kms without a KMS)
+    "NotImplemented", "KMSNotConfigured",
 })
 # invalid authorization (bad password, no such role), insufficient privilege, undefined database
 MISCONFIGURED_SQLSTATES = ("28", "42501", "3D000")
@@ -73,7 +75,8 @@ _TRANSIENT_BOTO = (boto.HTTPClientError, boto.ConnectionError, boto.ReadTimeoutE
 def _s3_is_transient(exc: boto.ClientError) -> bool:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return error.get("Code") in TRANSIENT_S3_CODES or status >= 500 or status == 429
+    return error.get("Code") in TRANSIENT_S3_CODES or (status >= 500 and status != 501) or (
+        status == 429)
 
 
 def _mlflow_is_transient(exc: BaseException) -> bool:

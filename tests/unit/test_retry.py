@@ -10,7 +10,7 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from daemon.errors import FileVanished, PermanentError, TransientError
+from daemon.errors import FileVanished, Misconfigured, PermanentError, TransientError
 from daemon.retry import RetryPolicy, describe, is_transient, translate
 from daemon.s3put import error_from
 
@@ -40,6 +40,9 @@ class FakeRequestsConnectionError(OSError):
     (client_error("AccessDenied", 403), False),
     (client_error("NoSuchBucket", 404), False),
     (client_error("InvalidAccessKeyId", 403), False),
+    (client_error("NotImplemented", 501), False),
+    (client_error("KMSNotConfigured", 501), False),
+    (client_error("Whatever", 501), False),
     (EndpointConnectionError(endpoint_url="http://x"), True),
     (NoCredentialsError(), False),
     (asyncpg.SerializationError("x"), True),
@@ -82,6 +85,12 @@ def test_translate_keeps_the_operation_and_the_code() -> None:
     assert isinstance(error, PermanentError)
     assert str(error) == "put k: AccessDenied: accessdenied"
     assert describe(ValueError("a\nb")) == "ValueError: a b"
+
+
+def test_a_feature_the_server_lacks_is_misconfigured() -> None:
+    """MinIO without a KMS answers an aws:kms PUT with 501: no retry will change that."""
+    error = translate(client_error("KMSNotConfigured", 501), "put k")
+    assert isinstance(error, Misconfigured)
 
 
 async def test_transient_errors_are_retried_until_success() -> None:
