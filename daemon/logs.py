@@ -142,6 +142,18 @@ def _shared() -> list[Any]:
     ]
 
 
+def _library_warning_in_one_line(_: Any, method: str,
+                                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A library's warning with a traceback (asyncpg's pool, retrying its connections while
+    Postgres is away) says what went wrong in one line, as our own lines do; its errors keep
+    their tracebacks, being bugs somewhere."""
+    exc_info = event.get("exc_info")
+    if method in ("debug", "info", "warning") and isinstance(exc_info, tuple) and exc_info[1]:
+        del event["exc_info"]
+        event["error"] = " ".join(f"{type(exc_info[1]).__name__}: {exc_info[1]}".split())
+    return event
+
+
 def _renderer(fmt: Format, stream: TextIO) -> Any:
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     if console:
@@ -159,7 +171,7 @@ def configure(level: str = "info", fmt: Format = "auto", stream: TextIO | None =
     final = [structlog.processors.format_exc_info, redact, _renderer(fmt, stream)]
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared(),
+        foreign_pre_chain=[*_shared(), _library_warning_in_one_line],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final]))
     root = logging.getLogger()
     root.handlers[:] = [handler]

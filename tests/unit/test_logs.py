@@ -44,6 +44,21 @@ def test_standard_library_records_become_json_and_are_redacted() -> None:
     assert line["logger"] == "somelib"
 
 
+def test_a_library_warning_with_a_traceback_is_one_line() -> None:
+    """asyncpg's pool warns with a traceback while Postgres is away: the line says why in one
+    line; a library's error keeps its traceback."""
+    stream = capture()
+    for level in (logging.WARNING, logging.ERROR):
+        try:
+            raise ConnectionRefusedError("cannot reach\npostgres")
+        except ConnectionRefusedError:
+            logging.getLogger("asyncpg.pool").log(level, "Failed to restore", exc_info=True)
+    warning, error = (json.loads(line) for line in stream.getvalue().strip().splitlines()[-2:])
+    assert warning["error"] == "ConnectionRefusedError: cannot reach postgres"
+    assert "exception" not in warning
+    assert "Traceback" in error["exception"]
+
+
 def test_an_mlflow_token_from_systemd_credentials_is_used_and_redacted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`LoadCredential=mlflow_token` becomes $MLFLOW_TRACKING_TOKEN (where MLflow looks) and is
