@@ -239,11 +239,15 @@ def _search_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """`run` is the default command: `python -m daemon --once` means `run --once`."""
+    """`run` is the default command: `python -m daemon --once` means `run --once`; options
+    may come before the command: `--config c.yaml search q` means `search q --config c.yaml`."""
     argv = list(argv)
     wants_help = any(a in ("-h", "--help", "--version") for a in argv[:1])
-    if not wants_help and not any(a in COMMANDS for a in argv):
+    at = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
+    if not wants_help and at is None:
         argv.insert(0, "run")
+    elif at:
+        argv = [*argv[at:], *argv[:at]]
     return build_parser().parse_args(argv)
 
 

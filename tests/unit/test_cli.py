@@ -47,6 +47,15 @@ def test_run_is_the_default_command() -> None:
         "quarantine", "retry", [3, 4], "docs", False)
 
 
+def test_options_may_come_before_the_command() -> None:
+    """The README's `python -m daemon --config c.yaml` invites `--config c.yaml search q`."""
+    args = cli.parse_args(["--config", "c.yaml", "search", "glaciers", "--limit", "3"])
+    assert (args.command, args.query, args.config, args.limit) == (
+        "search", "glaciers", Path("c.yaml"), 3)
+    args = cli.parse_args(["--config", "c.yaml", "quarantine", "list"])
+    assert (args.command, args.action, args.config) == ("quarantine", "list", Path("c.yaml"))
+
+
 @pytest.mark.parametrize("argv", HELP_COMMANDS)
 def test_every_command_has_help_with_examples(argv: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
