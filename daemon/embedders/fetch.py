@@ -134,6 +134,15 @@ def write_manifest(folder: Path, name: str) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` holds a fetched model whose model.onnx is the one its manifest names."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return bool(manifest["model.onnx sha256"] == sha256(folder / "model.onnx"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def replace(build: Path, folder: Path) -> None:
     """`build` becomes `folder`; what was there before is removed only once it has."""
     old = folder.with_name(folder.name + ".old")
