@@ -118,3 +118,12 @@ def test_a_changed_model_file_is_not_complete(onnx_model: Path, tmp_path: Path) 
         (copy / name).write_bytes((onnx_model / name).read_bytes())
     (copy / "model.onnx").write_bytes(b"truncated")
     assert is_complete(onnx_model) and not is_complete(copy)
+
+
+def test_reembed_with_provider_onnx_takes_its_defaults(tmp_path: Path) -> None:
+    """`reembed --provider onnx` from a hashing config means MiniLM, one text per call."""
+    from daemon.commands.reembed import with_model
+    from tests.helpers import settings_for
+
+    found = with_model(settings_for(tmp_path, "embedded"), "onnx", None).embedding
+    assert (found.model, found.batch_size) == (ONNX_MODEL, 1)
