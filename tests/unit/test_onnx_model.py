@@ -127,3 +127,11 @@ def test_reembed_with_provider_onnx_takes_its_defaults(tmp_path: Path) -> None:
 
     found = with_model(settings_for(tmp_path, "embedded"), "onnx", None).embedding
     assert (found.model, found.batch_size) == (ONNX_MODEL, 1)
+
+
+def test_fetch_into_a_folder_that_cannot_be_made_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    code = cli.main(["model", "fetch", "minilm", "--dir", str(tmp_path / "a-file" / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "a-file" in err
