@@ -123,8 +123,13 @@ def quantise(source: Path, target: Path) -> None:
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(folded)
     onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is for CNNs
-    quantize_dynamic(folded, target, weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process the model is for CNNs
+    try:
+        quantize_dynamic(folded, target, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
     folded.unlink()
 
 
