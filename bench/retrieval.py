@@ -1,11 +1,18 @@
 """Retrieval quality and search latency.
 
-    python -m bench.retrieval [--models hashing,minilm] [--chunks 10000,100000]
+    python -m bench.retrieval [--models hashing,onnx,minilm] [--chunks 10000,100000]
 
 Quality: the generated corpus of `bench/retrieval_corpus.py` (320 documents, 80 queries) goes
 through the daemon (`--once`, embedded Postgres), then every query through `daemon.search`;
 per model and query kind: recall@5 (relevant documents among the first 5, out of 5) and MRR
 (1 / rank of the first relevant document, 0 when none is in the first 10).
+Ingest: per model, 160 longer documents (~1,000-character chunks, ~200 tokens each) through
+`--once` (one embedding worker on 2 cores): chunks per second of the whole run, start-up
+included; then the same chunks embedded alone in a fresh process (one thread, after one
+warm-up call): chunks per CPU-second, and that process's PSS after (an upper bound for a
+worker's: workers fork from a server that shares the daemon's imports). `minilm`
+(sentence-transformers, torch) is left out when the [semantic] extra is not installed; `onnx`
+fetches its model first if it is not in its folder.
 Latency: a fresh database (dropped afterwards) filled with N synthetic chunks (N/10
 documents), 30 queries each timed in-process: pgvector + HNSW (embedded Postgres) and real[]
 (the server at DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
@@ -15,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import multiprocessing
+import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,16 +39,22 @@ import asyncpg
 import yaml
 
 from bench import infra
-from bench.retrieval_corpus import Query, write
+from bench.infra import pss_bytes
+from bench.retrieval_corpus import Query, long_documents, write
 from daemon import config
+from daemon.chunking import chunk_text
+from daemon.config import ONNX_MODEL, EmbeddingSettings, default_model_dir
 from daemon.database import Database, sql, start_embedded
 from daemon.embedders import create
+from daemon.embedders.fetch import fetch, is_complete
 from daemon.embedders.hashing import HashingEmbedder
 from daemon.search import Query as Search
 from daemon.search import search
 
-MODELS = {"hashing": {"provider": "hashing", "model": "hashing"},
-          "minilm": {"provider": "sentence", "model": "all-MiniLM-L6-v2"}}
+MODELS: dict[str, dict[str, Any]] = {
+    "hashing": {"provider": "hashing", "model": "hashing"},
+    "onnx": {"provider": "onnx"},  # all-MiniLM-L6-v2-q8, model_dir filled in by `available`
+    "minilm": {"provider": "sentence", "model": "all-MiniLM-L6-v2"}}
 REPO = Path(__file__).resolve().parent.parent
 LATENCY_QUERIES = 30
 
@@ -53,15 +69,77 @@ def write_config(work: Path, database: str, embedding: dict[str, Any]) -> Path:
     return path
 
 
+def available(models: list[str]) -> list[str]:
+    """The models this venv can run (the onnx model fetched if missing), saying why not."""
+    found = []
+    for model in models:
+        if model == "minilm" and importlib.util.find_spec("sentence_transformers") is None:
+            print("  minilm: left out, the [semantic] extra (torch) is not installed")
+            continue
+        if model == "onnx":
+            folder = Path(os.environ.get("DZ_TEST_MODEL_DIR") or default_model_dir(ONNX_MODEL))
+            if not is_complete(folder):
+                fetch("minilm", folder)
+            MODELS["onnx"]["model_dir"] = str(folder)
+        found.append(model)
+    return found
+
+
+def once(work: Path, model: str) -> tuple[Path, float, infra.PeakPss]:
+    """`--once` over work/zone with `model`: the config, seconds, and the peak PSS."""
+    path = write_config(work, "embedded", MODELS[model])
+    memory = infra.PeakPss()
+    run = infra.run_timed([sys.executable, "-m", "daemon", "--once", "--config", str(path),
+                           "--log-format", "json"], os.environ, work / "once.log", 1800,
+                          cwd=REPO, watches=[memory])
+    assert run.code == 0, f"--once failed: {run.log}"
+    return path, run.seconds, memory
+
+
 def ingest(work: Path, model: str) -> tuple[Path, dict[str, str], list[Query]]:
     """The corpus dropped and processed by `--once` with `model`; its config and answers."""
     topics, queries = write(work / "zone")
-    path = write_config(work, "embedded", MODELS[model])
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "daemon", "--once", "--config", str(path),
-                    "--log-format", "json"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    print(f"  {model}: ingested {len(topics)} documents in {time.monotonic() - started:.1f} s")
+    path, seconds, _ = once(work, model)
+    print(f"  {model}: ingested {len(topics)} documents in {seconds:.1f} s")
     return path, topics, queries
+
+
+async def chunk_count(path: Path) -> int:
+    async with Database(config.load(path)) as db, db.pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM document_embeddings"))
+
+
+def embed_alone(embedding: dict[str, Any], zone: str) -> tuple[int, float, int]:
+    """In a fresh process: the zone's chunks embedded one call per `batch_size`; chunks,
+    CPU seconds (after a warm-up call), and the process's PSS after."""
+    settings = EmbeddingSettings.model_validate({**embedding, "dim": 384})
+    texts = [chunk.text for path in sorted(Path(zone).iterdir())
+             for chunk in chunk_text(path.read_text(), settings.chunk_chars,
+                                     settings.chunk_overlap)]
+    embedder = create(settings)
+    embedder.embed(texts[:1])
+    started = time.process_time()
+    embedder.embed(texts)
+    return len(texts), time.process_time() - started, pss_bytes(os.getpid())
+
+
+def speed_rows(work: Path, models: list[str]) -> list[str]:
+    lines = ["| model | chunks | --once s | chunks/s (--once) | chunks per CPU-s (alone) "
+             "| PSS MiB (alone) | peak PSS MiB of --once (by role) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    spawn = multiprocessing.get_context("spawn")
+    for model in models:
+        long_documents(work / model / "zone")
+        path, seconds, memory = once(work / model, model)
+        chunks = asyncio.run(chunk_count(path))
+        with ProcessPoolExecutor(1, mp_context=spawn) as alone:
+            count, cpu_s, pss = alone.submit(embed_alone, MODELS[model],
+                                             str(work / model / "zone")).result()
+        lines.append(f"| {model} | {chunks} | {seconds:.1f} | {chunks / seconds:.1f} | "
+                     f"{count / cpu_s:.1f} | {pss / 2**20:.0f} | "
+                     f"{memory.peak / 2**20:.0f} ({memory.breakdown()}) |")
+        print(lines[-1])
+    return lines
 
 
 async def quality(path: Path, topics: dict[str, str], queries: list[Query]) -> dict[str, Any]:
@@ -167,12 +245,15 @@ def latency_rows(work: Path, sizes: list[int]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval")
-    parser.add_argument("--models", default="hashing,minilm", help="'' to skip quality")
-    parser.add_argument("--chunks", default="10000,100000")
+    parser.add_argument("--models", default="hashing,onnx,minilm",
+                        help="'' to skip quality and ingest")
+    parser.add_argument("--chunks", default="10000,100000", help="'' to skip latency")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="dz-eval-"))
-    report = "\n".join([*quality_rows(work, [m for m in args.models.split(",") if m]), "",
-                        *latency_rows(work, [int(c) for c in args.chunks.split(",")])])
+    models = available([m for m in args.models.split(",") if m])
+    report = "\n".join([*quality_rows(work / "quality", models), "",
+                        *speed_rows(work / "ingest", models), "",
+                        *latency_rows(work, [int(c) for c in args.chunks.split(",") if c])])
     print(report)
     out = REPO / "bench" / "results" / f"{date.today()}.md"
     out.parent.mkdir(exist_ok=True)

@@ -95,3 +95,15 @@ def write(folder: Path, seed: int = 7) -> tuple[dict[str, str], list[Query]]:
         queries.append(Query(" ".join(rng.sample(vocabulary, 2)), "keyword", topic))
         queries.append(Query(paraphrase, "paraphrase", topic))
     return topics, queries
+
+
+def long_documents(folder: Path, count: int = 160, seed: int = 11) -> None:
+    """`count` documents of ~5,000 characters (about five chunks of ~200 tokens each), for
+    ingest speed: the short ones above are one small chunk each."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _, words, _ = TOPICS[i % len(TOPICS)]
+        paragraphs = [" ".join(document(rng, words.split()) for _ in range(4))
+                      for _ in range(5)]
+        (folder / f"long-{i}.txt").write_text("\n\n".join(paragraphs) + "\n")

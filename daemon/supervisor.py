@@ -283,8 +283,8 @@ class Supervisor:
         log.info("starting", version=__version__, mode="once" if self.once else "daemon",
                  zones=[z.name for z in self.settings.zones], storage=self.settings.storage.url,
                  database=self.settings.database.url, mlflow=self.settings.mlflow.tracking_uri)
-        embedder = self._embedder()
         try:
+            embedder = self._embedder()  # an onnx model folder missing is a ConfigError
             with closing(embedder):
                 async with self._metrics(), Sessions(self.settings,
                                                      health_owner=self.owner) as sessions:

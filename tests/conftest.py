@@ -7,6 +7,7 @@ per session; every test that needs a database gets a fresh one on that server.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import subprocess
 import sys
@@ -59,6 +60,23 @@ def aws_env() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def onnx_model() -> Path:
+    """all-MiniLM-L6-v2-q8, fetched once by `daemon.embedders.fetch` into DZ_TEST_MODEL_DIR
+    (default: where the onnx provider looks, ~/.cache/dropzone/models/...), so later runs and
+    CI with that folder cached download nothing. A lock beside it: xdist workers fetch once."""
+    from daemon.config import ONNX_MODEL, default_model_dir
+    from daemon.embedders.fetch import fetch, is_complete
+
+    folder = Path(os.environ.get("DZ_TEST_MODEL_DIR") or default_model_dir(ONNX_MODEL))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(folder):
+            fetch("minilm", folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

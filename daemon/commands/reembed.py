@@ -29,6 +29,9 @@ def run(settings: Settings, provider: str | None, model: str | None, zone: str |
 def with_model(settings: Settings, provider: str | None, model: str | None) -> Settings:
     """The settings with another embedding model, validated as the config file would be."""
     embedding = settings.embedding.model_dump()
+    if provider and provider != embedding["provider"]:  # the old provider's model and sizes
+        for key in ("model", "batch_size", "model_dir"):
+            del embedding[key]
     embedding.update({k: v for k, v in (("provider", provider), ("model", model)) if v})
     try:
         return settings.model_copy(update={"embedding": EmbeddingSettings(**embedding)})

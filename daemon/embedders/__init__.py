@@ -36,6 +36,10 @@ def create(settings: EmbeddingSettings) -> Embedder:
         from daemon.embedders.sentence import SentenceEmbedder
 
         return SentenceEmbedder(settings)
+    if settings.provider == "onnx":
+        from daemon.embedders.onnx import OnnxEmbedder
+
+        return OnnxEmbedder(settings)
     from daemon.embedders.hashing import HashingEmbedder
 
     return HashingEmbedder(settings.dim)
