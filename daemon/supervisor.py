@@ -171,15 +171,17 @@ class Workers:
 class Tracker:
     """Closes MLflow batch windows: `window_files` files or `window_s` seconds, whichever first."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, eager: bool = False) -> None:
         self.env = env
         self.settings = env.settings.mlflow
+        self.eager = eager  # record whatever is waiting, without a window
         self.busy_at = time.monotonic()  # when a window was last due
 
     async def _due(self) -> bool:
         files, oldest_s = await self.env.ledger.track_window()
         window = self.settings
-        due = files >= window.window_files or (files > 0 and oldest_s >= window.window_s)
+        due = files >= window.window_files or (files > 0 and (
+            self.eager or oldest_s >= window.window_s))
         self.busy_at = time.monotonic() if due or files else self.busy_at
         return due
 
@@ -263,6 +265,7 @@ class Supervisor:
         self.settings = settings
         self.once = once
         self.progress = progress  # `--once` on a terminal: a bar, then a summary table
+        self._index_shown = False  # the search index's build has the bar (it is all that is left)
         self.config_path = config_path  # read again on SIGHUP (None: the default lookup)
         self.owner = this_process()
         self.notifier = systemd.Notifier.from_environment()
@@ -518,31 +521,69 @@ class Supervisor:
                 raise DependencyError(f"{breaker.name}: {breaker.reason}")
 
     async def _drain_once(self, env: Env) -> bool:
-        """Scan, store everything found, record it in MLflow, finish the files. False if the
-        files could not be recorded (MLflow stayed away): they stay for the next run."""
+        """Scan, store everything found, record it in MLflow, finish the files; the search
+        index, if it was dropped for the backlog, is built meanwhile. False if the files
+        could not be recorded (MLflow stayed away): they stay for the next run."""
         watcher = Watcher(self.settings.zones, env.ledger, self.settings.pipeline.rescan_s)
         await watcher.run_once(self.should_exit)
         index = VectorIndex(env.sessions, self._index_progress)
         await index.upkeep()  # a large backlog goes in without the search index
         horizon = await env.ledger.horizon()
-        stored = partial(env.ledger.unfinished, horizon, STORING)
-        recorded = partial(Tracker(env).record_all, horizon)
-        finished = partial(env.ledger.unfinished, horizon, ("finish",))
-        if not await self._until_done(env, stored, "storing"):
+        if not await self._store_all(env, horizon):
             return True
+        building = asyncio.create_task(self._build_index(index))
+        try:
+            recorded = await self._record_and_finish(env, horizon)
+        except BaseException:
+            building.cancel()
+            raise
+        self._index_shown = True  # the bars of recording and finishing are done
+        await building
+        return recorded
+
+    async def _store_all(self, env: Env, horizon: int) -> bool:
+        """Wait until every file found is stored; False if told to stop first. With a run per
+        file there is no batch to wait for: files are recorded as they are stored."""
+        stored = partial(env.ledger.unfinished, horizon, STORING)
+        if not self.settings.mlflow.run_per_file:
+            return await self._until_done(env, stored, "storing")
+        stop = asyncio.Event()
+        recording = asyncio.create_task(Tracker(env, eager=True).run(stop))
+        try:
+            return await self._until_done(env, stored, "storing")
+        finally:
+            stop.set()
+            await recording
+
+    async def _record_and_finish(self, env: Env, horizon: int) -> bool:
+        recorded = partial(Tracker(env).record_all, horizon)
         try:
             await self._until_done(env, recorded, "recording")
         except DependencyError as exc:
             log.error("tracking_failed", error=str(exc), waiting=await recorded(),
                       hint="these files stay in their zone; the next run records them")
             return False
-        await self._until_done(env, finished, "finishing")
-        if not self.should_exit.is_set():
-            await index.upkeep()  # built again, if it was dropped and no backlog is left
+        await self._until_done(env, partial(env.ledger.unfinished, horizon, ("finish",)),
+                               "finishing")
         return True
 
+    async def _build_index(self, index: VectorIndex) -> None:
+        """The index built again if it was dropped and no backlog is left; a stop request
+        cuts the build short (the next run builds it)."""
+        if self.should_exit.is_set():
+            return
+        build = asyncio.ensure_future(index.upkeep())
+        stop = asyncio.ensure_future(self.should_exit.wait())
+        await asyncio.wait({build, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not build.done():
+            build.cancel()
+            await asyncio.gather(build, return_exceptions=True)
+            log.warning("search_index_not_built", reason="stop requested",
+                        effect="search works without it; the next run builds it")
+
     def _index_progress(self, chunks_left: int) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self._index_shown:
             self.progress.update("indexing", chunks_left, unit="chunks")
 
     async def _run_once(self, env: Env) -> int:

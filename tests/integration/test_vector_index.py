@@ -5,6 +5,7 @@ daemon at a time; a build that was cut is replaced. Needs pgvector: on a server 
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,9 +14,18 @@ import asyncpg
 import pytest
 
 from daemon.database import start_embedded, with_database
+from daemon.errors import EXIT_INTERRUPTED
 from daemon.sessions import Sessions
 from daemon.vectorindex import INDEX_LOCK, VectorIndex
-from tests.helpers import pgvector_available, settings_for, stop_embedded
+from tests.helpers import (
+    Daemon,
+    make_corpus,
+    pgvector_available,
+    settings_for,
+    stop_embedded,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.db
 
@@ -173,3 +183,39 @@ async def test_a_build_outlives_the_cleanup_of_lost_sessions(
 async def workers_of_a_build(sessions: Sessions) -> int:
     return int(await sessions.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'parallel worker'"))
+
+
+@pytest.fixture
+async def vector_url(vector_server: str) -> AsyncIterator[str]:
+    """A fresh database on the pgvector server, for a daemon of its own."""
+    name = f"dz_vi_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(vector_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(vector_server, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_ctrl_c_cuts_the_build_short_and_the_next_run_builds_it(
+        tmp_path: Path, vector_url: str) -> None:
+    """A `--once` waiting on its index build (held here: CREATE INDEX CONCURRENTLY waits for
+    every older snapshot) stops promptly on SIGINT, its files finished; the next run replaces
+    the cut build."""
+    path = write_config(tmp_path, database={"url": vector_url, "defer_index_chunks": 10})
+    make_corpus(tmp_path / "zones" / "docs", 30)
+    holder = await asyncpg.connect(vector_url)
+    await holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+    with Daemon(path, "--once") as daemon:
+        daemon.wait_for("search_index_building", 180)
+        wait_until(lambda: len(daemon.named("file_processed")) == 30, 60, "files finished")
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait(30) == EXIT_INTERRUPTED, daemon.output()[-2000:]
+    assert daemon.named("search_index_not_built")
+    await holder.execute("ROLLBACK")
+    await holder.close()
+    again = Daemon(path, "--once")
+    assert again.run() == 0, again.output()[-2000:]
+    assert again.named("search_index_built")
+    assert not list((tmp_path / "zones" / "docs").rglob("*.txt")), "every file finished"
