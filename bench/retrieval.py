@@ -1,14 +1,17 @@
 """Retrieval quality and search latency.
 
     python -m bench.retrieval [--models hashing,minilm] [--chunks 10000,100000]
+        [--modes vector,text,hybrid] [--text-weight 1.5]
 
 Quality: the generated corpus of `bench/retrieval_corpus.py` (320 documents, 80 queries) goes
 through the daemon (`--once`, embedded Postgres), then every query through `daemon.search`;
-per model and query kind: recall@5 (relevant documents among the first 5, out of 5) and MRR
-(1 / rank of the first relevant document, 0 when none is in the first 10).
+per model, search mode (vector, text, hybrid) and query kind: recall@5 (relevant documents
+among the first 5, out of 5) and MRR (1 / rank of the first relevant document, 0 when none is
+in the first 10).
 Latency: a fresh database (dropped afterwards) filled with N synthetic chunks (N/10
-documents), 30 queries each timed in-process: pgvector + HNSW (embedded Postgres) and real[]
-(the server at DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
+documents), 30 queries each timed in-process, per mode: pgvector + HNSW (embedded Postgres)
+and real[] (the server at DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no
+pgvector here).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import yaml
 from bench import infra
 from bench.retrieval_corpus import Query, write
 from daemon import config
+from daemon import search as searching
 from daemon.database import Database, sql, start_embedded
 from daemon.embedders import create
 from daemon.embedders.hashing import HashingEmbedder
@@ -41,6 +45,7 @@ MODELS = {"hashing": {"provider": "hashing", "model": "hashing"},
           "minilm": {"provider": "sentence", "model": "all-MiniLM-L6-v2"}}
 REPO = Path(__file__).resolve().parent.parent
 LATENCY_QUERIES = 30
+MODES = ("vector", "text", "hybrid")
 
 
 def write_config(work: Path, database: str, embedding: dict[str, Any]) -> Path:
@@ -64,14 +69,16 @@ def ingest(work: Path, model: str) -> tuple[Path, dict[str, str], list[Query]]:
     return path, topics, queries
 
 
-async def quality(path: Path, topics: dict[str, str], queries: list[Query]) -> dict[str, Any]:
+async def quality(path: Path, topics: dict[str, str], queries: list[Query],
+                  mode: str) -> dict[str, Any]:
     """recall@5 and MRR per query kind."""
     settings = config.load(path)
     embedder = create(settings.embedding)
     scores: dict[str, list[tuple[float, float]]] = {}
     async with Database(settings) as db, db.pool.acquire() as conn:
         for query in queries:
-            hits = await search(conn, embedder, Search(query.text, limit=10), db.vector)
+            hits = await search(conn, embedder, Search(query.text, limit=10, mode=mode),
+                                db.vector)
             found = [topics.get(h.source_path) == query.topic for h in hits]
             first = next((rank for rank, ok in enumerate(found, 1) if ok), None)
             scores.setdefault(query.kind, []).append((sum(found[:5]) / 5,
@@ -105,7 +112,7 @@ async def fill(url: str, chunks: int) -> None:
         assert copied == stored == chunks, (copied, stored, chunks)
 
 
-async def latency(url: str) -> tuple[float, float]:
+async def latency(url: str, mode: str) -> tuple[float, float]:
     """p50 and p95 milliseconds of a top-10 search."""
     settings = config.load(write_config(Path(tempfile.mkdtemp()), url, MODELS["hashing"]))
     embedder = HashingEmbedder(384)
@@ -113,8 +120,8 @@ async def latency(url: str) -> tuple[float, float]:
     async with Database(settings) as db, db.pool.acquire() as conn:
         for i in range(LATENCY_QUERIES):
             started = time.perf_counter()
-            await search(conn, embedder, Search(f"topic {i * 7} subject {i}", limit=10),
-                         db.vector)
+            await search(conn, embedder, Search(f"topic {i * 7} subject {i}", limit=10,
+                                                mode=mode), db.vector)
             times.append((time.perf_counter() - started) * 1000)
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
@@ -140,28 +147,30 @@ async def admin_sql(admin: str, statement: str) -> None:
         await conn.close()
 
 
-def quality_rows(work: Path, models: list[str]) -> list[str]:
-    lines = ["| model | query kind | recall@5 | MRR |", "|---|---|---:|---:|"]
+def quality_rows(work: Path, models: list[str], modes: list[str]) -> list[str]:
+    lines = ["| model | mode | query kind | recall@5 | MRR |", "|---|---|---|---:|---:|"]
     for model in models:
         path, topics, queries = ingest(work / model, model)
-        for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries)).items():
-            lines.append(f"| {model} | {kind} | {recall:.2f} | {mrr:.2f} |")
-            print(lines[-1])
+        for mode in modes:
+            for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries, mode)).items():
+                lines.append(f"| {model} | {mode} | {kind} | {recall:.2f} | {mrr:.2f} |")
+                print(lines[-1])
     return lines
 
 
-def latency_rows(work: Path, sizes: list[int]) -> list[str]:
-    lines = ["| store | chunks | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
+def latency_rows(work: Path, sizes: list[int], modes: list[str]) -> list[str]:
+    lines = ["| store | mode | chunks | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
     for store, admin in databases(work).items():
         for chunks in sizes:
             url = asyncio.run(fresh(admin, str(chunks)))
             started = time.monotonic()
             asyncio.run(fill(url, chunks))
             print(f"  {store}: {chunks} chunks loaded in {time.monotonic() - started:.0f} s")
-            p50, p95 = asyncio.run(latency(url))
+            for mode in modes:
+                p50, p95 = asyncio.run(latency(url, mode))
+                lines.append(f"| {store} | {mode} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
+                print(lines[-1])
             asyncio.run(admin_sql(admin, f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)'))
-            lines.append(f"| {store} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
-            print(lines[-1])
     return lines
 
 
@@ -169,10 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval")
     parser.add_argument("--models", default="hashing,minilm", help="'' to skip quality")
     parser.add_argument("--chunks", default="10000,100000")
+    parser.add_argument("--modes", default=",".join(MODES), help="search modes to measure")
+    parser.add_argument("--text-weight", type=float, default=searching.TEXT_WEIGHT,
+                        help="hybrid: the weight of the text ranking in the fusion")
     args = parser.parse_args(argv)
+    searching.TEXT_WEIGHT = args.text_weight
+    modes = [m for m in args.modes.split(",") if m]
     work = Path(tempfile.mkdtemp(prefix="dz-eval-"))
-    report = "\n".join([*quality_rows(work, [m for m in args.models.split(",") if m]), "",
-                        *latency_rows(work, [int(c) for c in args.chunks.split(",")])])
+    report = "\n".join([*quality_rows(work, [m for m in args.models.split(",") if m], modes), "",
+                        *latency_rows(work, [int(c) for c in args.chunks.split(",") if c],
+                                      modes)])
     print(report)
     out = REPO / "bench" / "results" / f"{date.today()}.md"
     out.parent.mkdir(exist_ok=True)

@@ -58,7 +58,7 @@ async def test_text_mode_finds_the_words_stemmed_best_match_first(db: Database) 
     hits = await found(db, "text")
     assert [h.source_path for h in hits] == ["both.txt", "words.txt"]
     assert all(h.text_rank and h.similarity is None and h.mode == "text" for h in hits)
-    assert hits[0].text_rank > hits[1].text_rank  # type: ignore[operator]
+    assert hits[0].text_rank > hits[1].text_rank
 
 
 async def test_vector_mode_shows_nothing_at_or_below_zero_similarity(db: Database) -> None:
