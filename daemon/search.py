@@ -5,10 +5,12 @@
   distance); without it every chunk of the model is scored in SQL (slower, the same answer).
   Chunks at or below zero similarity are not near at all: never shown.
 * text: Postgres full text over each chunk's words (schema v8's `content_words`, a GIN index),
-  `websearch_to_tsquery` ranked by `ts_rank_cd`.
+  `websearch_to_tsquery` ranked by `ts_rank_cd`: every word must be there (as on the web).
 * hybrid (the default): both lists, each document ranked by its best chunk, fused by reciprocal
   rank fusion: sum of weight / (RRF_K + rank). Words count TEXT_WEIGHT times a vector rank: the
   hashing embedder knows no meaning, and words a user types are the surest signal it has.
+  When few documents hold every word, the text list goes on with those holding some of them
+  (ranked after): a document that says "comet" but not "galaxy" is still about astronomy.
 
 Chunks are fetched a few per wanted document, then each document keeps its best chunk; if too
 many of them belonged to the same few documents, the search widens until it has enough. The
@@ -18,6 +20,7 @@ hits shown get an excerpt: their chunk cut around the query's words, those marke
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -37,6 +40,7 @@ TEXT_WEIGHT = 1.5  # best keyword recall on bench.retrieval (1.0: 0.97, 1.5: 0.9
 # (bench/README.md: 0.85 at 400 against 0.64 at 80); in hybrid the words make up for it.
 EF_SEARCH_FLOOR = {"vector": 400, "hybrid": 80}
 EF_SEARCH_MAX = 1000  # pgvector's limit
+SOME_WORDS_RANKED = 2000  # chunks with only some of the words: at most this many ranked
 
 Fetch = Callable[[int], Awaitable[list[asyncpg.Record]]]
 
@@ -73,7 +77,8 @@ async def search(conn: asyncpg.Connection, embedder: Embedder, query: Query,
                  vector: bool) -> list[Hit]:
     """The `query.limit` best documents, each with its best chunk and an excerpt, best first.
     A query with no searchable word (empty, stopwords only) is a UsageError."""
-    if not query.text.strip() or not await conn.fetchval(sql("query_lexemes"), query.text):
+    words = await conn.fetchrow(sql("query_lexemes"), query.text)
+    if not query.text.strip() or not words["words"]:
         raise UsageError(f"search: nothing to search for in {query.text!r}: give a word that "
                          "is not a stopword (the, of, and, ...)")
     if query.mode == "text":
@@ -82,7 +87,7 @@ async def search(conn: asyncpg.Connection, embedder: Embedder, query: Query,
         hits = _ranked(await _vector(conn, embedder, query, vector), "vector")
     else:
         hits = fuse(await _vector(conn, embedder, query, vector),
-                    await _text(conn, embedder.name, query))
+                    await _words_then_some(conn, embedder.name, query, words["every"]))
     return await _with_excerpts(conn, query.text, hits[:query.limit])
 
 
@@ -112,6 +117,30 @@ async def _text(conn: asyncpg.Connection, model: str, query: Query) -> list[asyn
         return await conn.fetch(sql("search_text"), query.text, model,  # type: ignore[no-any-return]
                                 query.zone, query.doc_type, wanted)
     return await _per_document(fetch, query.limit)
+
+
+async def _words_then_some(conn: asyncpg.Connection, model: str, query: Query,
+                           every: str) -> list[asyncpg.Record]:
+    """The text ranking of hybrid: documents with every word, then, when those are few, the
+    documents with some of them."""
+    matching = await _text(conn, model, query)
+    if len(matching) >= 2 * query.limit:
+        return matching
+    seen = {row["document_id"] for row in matching}
+    return matching + [row for row in await _some_words(conn, model, query, every)
+                       if row["document_id"] not in seen]
+
+
+async def _some_words(conn: asyncpg.Connection, model: str, query: Query,
+                      every: str) -> list[asyncpg.Record]:
+    """Each document's best chunk among those with some of the query's words but not all;
+    none for a query of one word, or with -not or "a phrase" (those mean every word)."""
+    if " & " not in every or re.search(r"[!<|]", every):
+        return []
+    some = every.replace(" & ", " | ")
+    rows = await conn.fetch(sql("search_text_some"), some, model, query.zone, query.doc_type,
+                            query.limit * CHUNKS_PER_DOCUMENT, every, SOME_WORDS_RANKED)
+    return best_rows(rows)
 
 
 async def _per_document(fetch: Fetch, limit: int) -> list[asyncpg.Record]:
