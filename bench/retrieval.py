@@ -1,7 +1,7 @@
 """Retrieval quality and search latency.
 
     python -m bench.retrieval [--models hashing,minilm] [--chunks 10000,100000]
-        [--modes vector,text,hybrid] [--text-weight 1.5]
+        [--modes vector,text,hybrid] [--text-weight 1.5] [--stores pgvector,real]
 
 Quality: the generated corpus of `bench/retrieval_corpus.py` (320 documents, 80 queries) goes
 through the daemon (`--once`, embedded Postgres), then every query through `daemon.search`;
@@ -127,10 +127,14 @@ async def latency(url: str, mode: str) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
-def databases(work: Path) -> dict[str, str]:
+def databases(work: Path, stores: str) -> dict[str, str]:
     """Where latency is measured: pgvector (embedded) and real[] (the server)."""
-    admin = start_embedded(work / "pg-state")
-    return {"pgvector + HNSW": admin, "real[] (no pgvector)": infra.server_url()}
+    found = {}
+    if "pgvector" in stores:
+        found["pgvector + HNSW"] = start_embedded(work / "pg-state")
+    if "real" in stores:
+        found["real[] (no pgvector)"] = infra.server_url()
+    return found
 
 
 async def fresh(admin: str, tag: str) -> str:
@@ -158,9 +162,9 @@ def quality_rows(work: Path, models: list[str], modes: list[str]) -> list[str]:
     return lines
 
 
-def latency_rows(work: Path, sizes: list[int], modes: list[str]) -> list[str]:
+def latency_rows(work: Path, sizes: list[int], modes: list[str], stores: str) -> list[str]:
     lines = ["| store | mode | chunks | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
-    for store, admin in databases(work).items():
+    for store, admin in databases(work, stores).items():
         for chunks in sizes:
             url = asyncio.run(fresh(admin, str(chunks)))
             started = time.monotonic()
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval")
     parser.add_argument("--models", default="hashing,minilm", help="'' to skip quality")
     parser.add_argument("--chunks", default="10000,100000")
+    parser.add_argument("--stores", default="pgvector,real", help="latency: where")
     parser.add_argument("--modes", default=",".join(MODES), help="search modes to measure")
     parser.add_argument("--text-weight", type=float, default=searching.TEXT_WEIGHT,
                         help="hybrid: the weight of the text ranking in the fusion")
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dz-eval-"))
     report = "\n".join([*quality_rows(work, [m for m in args.models.split(",") if m], modes), "",
                         *latency_rows(work, [int(c) for c in args.chunks.split(",") if c],
-                                      modes)])
+                                      modes, args.stores)])
     print(report)
     out = REPO / "bench" / "results" / f"{date.today()}.md"
     out.parent.mkdir(exist_ok=True)
