@@ -105,8 +105,9 @@ async def fill(url: str, chunks: int) -> None:
         if db.vector:  # built once over all rows: faster than growing it row by row
             await conn.execute("DROP INDEX IF EXISTS document_embeddings_hnsw")
         copied = await db.copy_embeddings(conn, rows)
-        if db.vector:
-            await conn.execute(sql("hnsw_index"))
+        if db.vector:  # as the daemon builds it (index_build_mb), past its command timeout
+            await conn.execute("SET maintenance_work_mem = '512MB'")
+            await conn.execute(sql("hnsw_index"), timeout=3600)
         await conn.execute("ANALYZE")  # as autovacuum would soon: plans see the real sizes
         stored = await conn.fetchval("SELECT count(*) FROM document_embeddings")
         assert copied == stored == chunks, (copied, stored, chunks)
