@@ -9,8 +9,9 @@
 * hybrid (the default): both lists, each document ranked by its best chunk, fused by reciprocal
   rank fusion: sum of weight / (RRF_K + rank). Words count TEXT_WEIGHT times a vector rank: the
   hashing embedder knows no meaning, and words a user types are the surest signal it has.
-  When few documents hold every word, the text list goes on with those holding some of them
-  (ranked after): a document that says "comet" but not "galaxy" is still about astronomy.
+  When few documents hold every word, the text list goes on with those of the vector list that
+  hold some of them (ranked after): a document that says "comet" but not "galaxy" is still
+  about astronomy. (Only the vector list's chunks: all chunks with a common word cost too much.)
 
 Chunks are fetched a few per wanted document, then each document keeps its best chunk; if too
 many of them belonged to the same few documents, the search widens until it has enough. The
@@ -40,7 +41,6 @@ TEXT_WEIGHT = 1.5  # best keyword recall on bench.retrieval (1.0: 0.97, 1.5: 0.9
 # (bench/README.md: 0.85 at 400 against 0.64 at 80); in hybrid the words make up for it.
 EF_SEARCH_FLOOR = {"vector": 400, "hybrid": 80}
 EF_SEARCH_MAX = 1000  # pgvector's limit
-SOME_WORDS_RANKED = 2000  # chunks with only some of the words: at most this many ranked
 
 Fetch = Callable[[int], Awaitable[list[asyncpg.Record]]]
 
@@ -86,8 +86,9 @@ async def search(conn: asyncpg.Connection, embedder: Embedder, query: Query,
     elif query.mode == "vector":
         hits = _ranked(await _vector(conn, embedder, query, vector), "vector")
     else:
-        hits = fuse(await _vector(conn, embedder, query, vector),
-                    await _words_then_some(conn, embedder.name, query, words["every"]))
+        near = await _vector(conn, embedder, query, vector)
+        hits = fuse(near, await _words_then_some(conn, embedder.name, query, words["every"],
+                                                 near))
     return await _with_excerpts(conn, query.text, hits[:query.limit])
 
 
@@ -119,28 +120,29 @@ async def _text(conn: asyncpg.Connection, model: str, query: Query) -> list[asyn
     return await _per_document(fetch, query.limit)
 
 
-async def _words_then_some(conn: asyncpg.Connection, model: str, query: Query,
-                           every: str) -> list[asyncpg.Record]:
+async def _words_then_some(conn: asyncpg.Connection, model: str, query: Query, every: str,
+                           near: list[asyncpg.Record]) -> list[Any]:
     """The text ranking of hybrid: documents with every word, then, when those are few, the
-    documents with some of them."""
-    matching = await _text(conn, model, query)
+    documents of `near` whose chunk has some of them."""
+    matching: list[Any] = await _text(conn, model, query)
     if len(matching) >= 2 * query.limit:
         return matching
     seen = {row["document_id"] for row in matching}
-    return matching + [row for row in await _some_words(conn, model, query, every)
-                       if row["document_id"] not in seen]
+    others = [row for row in near if row["document_id"] not in seen]
+    return matching + (await _some_words(conn, every, others) if others else [])
 
 
-async def _some_words(conn: asyncpg.Connection, model: str, query: Query,
-                      every: str) -> list[asyncpg.Record]:
-    """Each document's best chunk among those with some of the query's words but not all;
-    none for a query of one word, or with -not or "a phrase" (those mean every word)."""
+async def _some_words(conn: asyncpg.Connection, every: str,
+                      near: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """Those of the `near` chunks with some of the query's words but not all, best first, each
+    scored by its text rank; none for a query of one word, or with -not or "a phrase" (those
+    mean every word)."""
     if " & " not in every or re.search(r"[!<|]", every):
         return []
-    some = every.replace(" & ", " | ")
-    rows = await conn.fetch(sql("search_text_some"), some, model, query.zone, query.doc_type,
-                            query.limit * CHUNKS_PER_DOCUMENT, every, SOME_WORDS_RANKED)
-    return best_rows(rows)
+    ranks = await conn.fetch(sql("search_text_some"), every.replace(" & ", " | "), every,
+                             [row["content"] for row in near])
+    rows = [{**dict(near[rank["i"] - 1]), "score": rank["score"]} for rank in ranks]
+    return sorted(rows, key=lambda row: -row["score"])
 
 
 async def _per_document(fetch: Fetch, limit: int) -> list[asyncpg.Record]:

@@ -311,21 +311,13 @@ SELECT e.document_id, e.chunk_index, e.content, ts_rank_cd(e.content_words, q) A
  LIMIT $5;
 
 -- name: search_text_some
--- Hybrid, when few chunks hold every word: the chunks holding some of the words ($1, the words
--- OR'ed) but not all ($6, the query), best first. At most $7 of them are ranked (in table order,
--- through the GIN index): a common word would otherwise have every chunk ranked.
-SELECT c.document_id, c.chunk_index, c.content, ts_rank_cd(c.content_words, $1::tsquery) AS score,
-       d.zone, d.doc_type, d.source_path, d.object_url, d.metadata
-  FROM (SELECT e.id, e.document_id, e.chunk_index, e.content, e.content_words
-          FROM document_embeddings e JOIN documents d ON d.id = e.document_id
-         WHERE e.content_words @@ $1::tsquery AND NOT e.content_words @@ $6::tsquery
-           AND e.model = $2
-           AND ($3::text IS NULL OR d.zone = $3)
-           AND ($4::text IS NULL OR e.doc_type = $4)
-         LIMIT $7) AS c
-  JOIN documents d ON d.id = c.document_id
- ORDER BY score DESC, c.id
- LIMIT $5;
+-- Hybrid, when few chunks hold every word: which of the chunks $3 (the vector ranking's, their
+-- text already in hand, so no row is read again) hold some of the words ($1, the words OR'ed)
+-- but not all ($2, the query), with their rank: (position in $3, rank).
+SELECT i, ts_rank_cd(w, $1::tsquery) AS score
+  FROM unnest($3::text[]) WITH ORDINALITY AS t (c, i)
+ CROSS JOIN LATERAL to_tsvector('english', c) AS w
+ WHERE w @@ $1::tsquery AND NOT w @@ $2::tsquery;
 
 -- name: query_lexemes
 -- The query $1 as full text search reads it, and how many words it has (0: empty, stopwords).

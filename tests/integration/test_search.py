@@ -17,6 +17,7 @@ from tests.helpers import settings_for
 EMBEDDER = HashingEmbedder(384)
 QUERY = "glacier salinity"
 NEAR = EMBEDDER.embed([QUERY])[0]
+SOME = "A glacier, and nothing more."
 
 
 async def stored(db: Database, chunks: dict[str, tuple[str, Any]]) -> None:
@@ -42,14 +43,14 @@ async def db(tmp_path: Path, database_url: str) -> Any:
     """A database with: `words.txt`, the query's words (stemmed otherwise) but a vector opposite
     to the query's; `near.txt`, other words but the query's own vector; `away.txt`, neither
     (a vector opposite to the query's); `both.txt`, the words and a vector near the query;
-    `some.txt`, one of the two words, a vector opposite to the query's."""
+    `some.txt`, one of the two words and its own (hashing) vector, near the query's."""
     async with Database(settings_for(tmp_path, database_url)) as database:
         await stored(database, {
             "words.txt": ("Salinity of the glaciers was measured at dawn.", -NEAR),
             "near.txt": ("Nothing in common with the question here.", NEAR),
             "away.txt": ("Unrelated notes on bread baking.", -NEAR),
             "both.txt": ("glacier salinity glacier salinity", NEAR + 0.01 * np.ones(384)),
-            "some.txt": ("A glacier, and nothing more.", -NEAR),
+            "some.txt": (SOME, EMBEDDER.embed([SOME])[0]),
         })
         yield database
 
@@ -66,27 +67,28 @@ async def test_text_mode_finds_the_words_stemmed_best_match_first(db: Database) 
 async def test_vector_mode_shows_nothing_at_or_below_zero_similarity(db: Database) -> None:
     """The opposite vectors (similarity -1) are not shown, however few hits remain."""
     hits = await found(db, "vector")
-    assert {h.source_path for h in hits} == {"near.txt", "both.txt"}
+    assert {h.source_path for h in hits} == {"near.txt", "both.txt", "some.txt"}
     assert all(h.similarity is not None and h.similarity > 0 and h.score == h.similarity
                for h in hits)
 
 
 async def test_hybrid_fuses_both_rankings_words_weighing_more(db: Database) -> None:
-    """In both lists first; every word, then some of the words (which text mode leaves out),
-    outrank meaning only; neither is absent."""
+    """In both lists first (some of the words count, in hybrid, for a near chunk: text mode
+    leaves it out); words only outranks meaning only; neither is absent."""
     hits = await found(db, "hybrid")
-    assert [h.source_path for h in hits] == ["both.txt", "words.txt", "some.txt", "near.txt"]
-    assert hits[0].similarity and hits[0].text_rank
-    assert hits[1].similarity is None and hits[2].similarity is None
-    assert hits[2].text_rank and hits[3].text_rank is None
+    assert [h.source_path for h in hits] == ["both.txt", "some.txt", "words.txt", "near.txt"]
+    assert all(h.similarity and h.text_rank for h in hits[:2])
+    assert hits[2].similarity is None and hits[3].text_rank is None
     assert hits[0].score > hits[1].score > hits[2].score > hits[3].score
 
 
-async def test_a_negated_or_one_word_query_is_never_relaxed_to_some_words(db: Database) -> None:
-    """-not and phrases mean what they say in hybrid too: no document with only some words."""
-    for text in ("glacier salinity -dawn", '"glacier salinity"'):
-        paths = [h.source_path for h in await found(db, "hybrid", text=text)]
-        assert "some.txt" not in paths and paths[0] == "both.txt", (text, paths)
+async def test_a_negated_or_phrase_query_is_never_relaxed_to_some_words(db: Database) -> None:
+    """-not and phrases mean what they say in hybrid too: some of the words earn no text rank
+    (some.txt comes by its vector alone)."""
+    for text in ("glacier salinity -dawn", '"glacier salinity"', "glacier"):
+        hits = {h.source_path: h for h in await found(db, "hybrid", text=text)}
+        assert next(iter(hits)) == "both.txt", (text, list(hits))
+        assert hits["some.txt"].text_rank is None if " " in text else hits["some.txt"].text_rank
 
 
 async def test_hits_carry_an_excerpt_with_the_query_words_marked(db: Database) -> None:
@@ -99,7 +101,8 @@ async def test_hits_carry_an_excerpt_with_the_query_words_marked(db: Database) -
 async def test_filters_and_search_syntax_hold_in_text_mode(db: Database) -> None:
     """--zone narrows word matches; websearch syntax: "-word" excludes."""
     assert [h.source_path for h in await found(db, "text", zone="a")] == ["words.txt"]
-    assert [h.source_path for h in await found(db, "vector", zone="a")] == ["near.txt"]
+    assert [h.source_path for h in await found(db, "vector", zone="a")] == ["near.txt",
+                                                                           "some.txt"]
     excluded = await found(db, "text", text="glacier -dawn")
     assert [h.source_path for h in excluded] == ["both.txt", "some.txt"]
 
