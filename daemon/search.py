@@ -36,7 +36,7 @@ CHUNKS_PER_DOCUMENT = 8
 MAX_CANDIDATES = 100_000
 MODES = ("hybrid", "vector", "text")
 RRF_K = 60  # the constant of Cormack et al.: a rank-1 hit is worth little more than a rank-5
-TEXT_WEIGHT = 1.5  # best keyword recall on bench.retrieval (1.0: 0.97, 1.5: 0.99; README)
+TEXT_WEIGHT = 1.5  # least for the best keyword recall@5, bench.retrieval (1.0: 0.99, 1.5: 1.00)
 # hnsw.ef_search floors: vector alone needs a wide beam for its recall at 100k chunks
 # (bench/README.md: 0.85 at 400 against 0.64 at 80); in hybrid the words make up for it.
 EF_SEARCH_FLOOR = {"vector": 400, "hybrid": 80}
