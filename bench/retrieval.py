@@ -1,11 +1,13 @@
 """Retrieval quality and search latency.
 
     python -m bench.retrieval [--models hashing,onnx,minilm] [--chunks 10000,100000]
+        [--modes vector,text,hybrid] [--text-weight 1.5] [--stores pgvector,real]
 
 Quality: the generated corpus of `bench/retrieval_corpus.py` (320 documents, 80 queries) goes
 through the daemon (`--once`, embedded Postgres), then every query through `daemon.search`;
-per model and query kind: recall@5 (relevant documents among the first 5, out of 5) and MRR
-(1 / rank of the first relevant document, 0 when none is in the first 10).
+per model, search mode (vector, text, hybrid) and query kind: recall@5 (relevant documents
+among the first 5, out of 5) and MRR (1 / rank of the first relevant document, 0 when none is
+in the first 10).
 Ingest: per model, 160 longer documents (~1,000-character chunks, ~200 tokens each) through
 `--once` (one embedding worker on 2 cores): chunks per second of the whole run, start-up
 included; then the same chunks embedded alone in a fresh process (one thread, after one
@@ -14,8 +16,9 @@ worker's: workers fork from a server that shares the daemon's imports). `minilm`
 (sentence-transformers, torch) is left out when the [semantic] extra is not installed; `onnx`
 fetches its model first if it is not in its folder.
 Latency: a fresh database (dropped afterwards) filled with N synthetic chunks (N/10
-documents), 30 queries each timed in-process: pgvector + HNSW (embedded Postgres) and real[]
-(the server at DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432, which has no pgvector here).
+documents), 30 queries each timed in-process (after 5 untimed), per mode: pgvector + HNSW
+(embedded Postgres) and real[] (the server at DZ_BENCH_DATABASE_URL, default 127.0.0.1:5432,
+which has no pgvector here).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from bench import infra
 from bench.infra import pss_bytes
 from bench.retrieval_corpus import Query, long_documents, write
 from daemon import config
+from daemon import search as searching
 from daemon.chunking import chunk_text
 from daemon.config import ONNX_MODEL, EmbeddingSettings, default_model_dir
 from daemon.database import Database, sql, start_embedded
@@ -57,6 +61,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "minilm": {"provider": "sentence", "model": "all-MiniLM-L6-v2"}}
 REPO = Path(__file__).resolve().parent.parent
 LATENCY_QUERIES = 30
+WARM_UP = 5  # queries before those timed (each mode: the first would pay for a cold cache)
+MODES = ("vector", "text", "hybrid")
 
 
 def write_config(work: Path, database: str, embedding: dict[str, Any]) -> Path:
@@ -142,14 +148,16 @@ def speed_rows(work: Path, models: list[str]) -> list[str]:
     return lines
 
 
-async def quality(path: Path, topics: dict[str, str], queries: list[Query]) -> dict[str, Any]:
+async def quality(path: Path, topics: dict[str, str], queries: list[Query],
+                  mode: str) -> dict[str, Any]:
     """recall@5 and MRR per query kind."""
     settings = config.load(path)
     embedder = create(settings.embedding)
     scores: dict[str, list[tuple[float, float]]] = {}
     async with Database(settings) as db, db.pool.acquire() as conn:
         for query in queries:
-            hits = await search(conn, embedder, Search(query.text, limit=10), db.vector)
+            hits = await search(conn, embedder, Search(query.text, limit=10, mode=mode),
+                                db.vector)
             found = [topics.get(h.source_path) == query.topic for h in hits]
             first = next((rank for rank, ok in enumerate(found, 1) if ok), None)
             scores.setdefault(query.kind, []).append((sum(found[:5]) / 5,
@@ -176,32 +184,41 @@ async def fill(url: str, chunks: int) -> None:
         if db.vector:  # built once over all rows: faster than growing it row by row
             await conn.execute("DROP INDEX IF EXISTS document_embeddings_hnsw")
         copied = await db.copy_embeddings(conn, rows)
-        if db.vector:
-            await conn.execute(sql("hnsw_index"))
-        await conn.execute("ANALYZE")  # as autovacuum would soon: plans see the real sizes
+        if db.vector:  # as the daemon builds it (index_build_mb), past its command timeout
+            await conn.execute("SET maintenance_work_mem = '512MB'")
+            await conn.execute(sql("hnsw_index"), timeout=3600)
+        # as autovacuum soon would: plans see the real sizes, and the GIN index of the words has
+        # its pending list merged (searched linearly until then: +10 ms at 100k: bench/README.md)
+        await conn.execute("VACUUM ANALYZE")
         stored = await conn.fetchval("SELECT count(*) FROM document_embeddings")
         assert copied == stored == chunks, (copied, stored, chunks)
 
 
-async def latency(url: str) -> tuple[float, float]:
+async def latency(url: str, mode: str) -> tuple[float, float]:
     """p50 and p95 milliseconds of a top-10 search."""
     settings = config.load(write_config(Path(tempfile.mkdtemp()), url, MODELS["hashing"]))
     embedder = HashingEmbedder(384)
     times = []
     async with Database(settings) as db, db.pool.acquire() as conn:
-        for i in range(LATENCY_QUERIES):
+        for i in range(-WARM_UP, LATENCY_QUERIES):  # the first few untimed: pages read in
+            n = i if i >= 0 else LATENCY_QUERIES - i
             started = time.perf_counter()
-            await search(conn, embedder, Search(f"topic {i * 7} subject {i}", limit=10),
-                         db.vector)
-            times.append((time.perf_counter() - started) * 1000)
+            await search(conn, embedder, Search(f"topic {n * 7} subject {n}", limit=10,
+                                                mode=mode), db.vector)
+            if i >= 0:
+                times.append((time.perf_counter() - started) * 1000)
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
-def databases(work: Path) -> dict[str, str]:
+def databases(work: Path, stores: str) -> dict[str, str]:
     """Where latency is measured: pgvector (embedded) and real[] (the server)."""
-    admin = start_embedded(work / "pg-state")
-    return {"pgvector + HNSW": admin, "real[] (no pgvector)": infra.server_url()}
+    found = {}
+    if "pgvector" in stores:
+        found["pgvector + HNSW"] = start_embedded(work / "pg-state")
+    if "real" in stores:
+        found["real[] (no pgvector)"] = infra.server_url()
+    return found
 
 
 async def fresh(admin: str, tag: str) -> str:
@@ -218,28 +235,30 @@ async def admin_sql(admin: str, statement: str) -> None:
         await conn.close()
 
 
-def quality_rows(work: Path, models: list[str]) -> list[str]:
-    lines = ["| model | query kind | recall@5 | MRR |", "|---|---|---:|---:|"]
+def quality_rows(work: Path, models: list[str], modes: list[str]) -> list[str]:
+    lines = ["| model | mode | query kind | recall@5 | MRR |", "|---|---|---|---:|---:|"]
     for model in models:
         path, topics, queries = ingest(work / model, model)
-        for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries)).items():
-            lines.append(f"| {model} | {kind} | {recall:.2f} | {mrr:.2f} |")
-            print(lines[-1])
+        for mode in modes:
+            for kind, (recall, mrr) in asyncio.run(quality(path, topics, queries, mode)).items():
+                lines.append(f"| {model} | {mode} | {kind} | {recall:.2f} | {mrr:.2f} |")
+                print(lines[-1])
     return lines
 
 
-def latency_rows(work: Path, sizes: list[int]) -> list[str]:
-    lines = ["| store | chunks | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
-    for store, admin in databases(work).items():
+def latency_rows(work: Path, sizes: list[int], modes: list[str], stores: str) -> list[str]:
+    lines = ["| store | mode | chunks | p50 ms | p95 ms |", "|---|---|---:|---:|---:|"]
+    for store, admin in databases(work, stores).items():
         for chunks in sizes:
             url = asyncio.run(fresh(admin, str(chunks)))
             started = time.monotonic()
             asyncio.run(fill(url, chunks))
             print(f"  {store}: {chunks} chunks loaded in {time.monotonic() - started:.0f} s")
-            p50, p95 = asyncio.run(latency(url))
+            for mode in modes:
+                p50, p95 = asyncio.run(latency(url, mode))
+                lines.append(f"| {store} | {mode} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
+                print(lines[-1])
             asyncio.run(admin_sql(admin, f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)'))
-            lines.append(f"| {store} | {chunks:,} | {p50:.1f} | {p95:.1f} |")
-            print(lines[-1])
     return lines
 
 
@@ -248,12 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="hashing,onnx,minilm",
                         help="'' to skip quality and ingest")
     parser.add_argument("--chunks", default="10000,100000", help="'' to skip latency")
+    parser.add_argument("--stores", default="pgvector,real", help="latency: where")
+    parser.add_argument("--modes", default=",".join(MODES), help="search modes to measure")
+    parser.add_argument("--text-weight", type=float, default=searching.TEXT_WEIGHT,
+                        help="hybrid: the weight of the text ranking in the fusion")
     args = parser.parse_args(argv)
+    searching.TEXT_WEIGHT = args.text_weight
+    modes = [m for m in args.modes.split(",") if m]
     work = Path(tempfile.mkdtemp(prefix="dz-eval-"))
     models = available([m for m in args.models.split(",") if m])
-    report = "\n".join([*quality_rows(work / "quality", models), "",
+    report = "\n".join([*quality_rows(work / "quality", models, modes), "",
                         *speed_rows(work / "ingest", models), "",
-                        *latency_rows(work, [int(c) for c in args.chunks.split(",") if c])])
+                        *latency_rows(work, [int(c) for c in args.chunks.split(",") if c],
+                                      modes, args.stores)])
     print(report)
     out = REPO / "bench" / "results" / f"{date.today()}.md"
     out.parent.mkdir(exist_ok=True)

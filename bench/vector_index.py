@@ -70,12 +70,13 @@ from daemon.chunking import Chunk, chunk_text
 from daemon.database import EMBEDDING_COLUMNS, schema_sql, sql, start_embedded, with_database
 from daemon.embedders import normalised
 from daemon.embedders.hashing import HashingEmbedder
-from daemon.search import CHUNKS_PER_DOCUMENT
+from daemon.search import CHUNKS_PER_DOCUMENT, EF_SEARCH_FLOOR, EF_SEARCH_MAX
 
 DIM = 384
 K = 10
 WANTED = K * CHUNKS_PER_DOCUMENT  # the rows daemon/search.py asks for a top-10 search
-EF_SEARCH = min(1000, max(40, WANTED))  # and the hnsw.ef_search it sets for them
+# and the hnsw.ef_search it sets for them in hybrid search (--mode vector: 400 at least)
+EF_SEARCH = min(EF_SEARCH_MAX, max(EF_SEARCH_FLOOR["hybrid"], WANTED))
 RERANK = 4  # binary quantization: candidates per wanted row, re-ranked by exact cosine
 BIG_BUILD = {"maintenance_work_mem": "512MB", "max_parallel_maintenance_workers": "1"}
 TIE = 1e-6

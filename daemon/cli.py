@@ -22,7 +22,7 @@ from daemon import __version__, config, logs
 from daemon.commands import check, gc, model, quarantine, reembed, search, status
 from daemon.config import DEFAULT_CONFIG, Settings
 from daemon.errors import EXIT_USAGE, ConfigError
-from daemon.search import Query
+from daemon.search import MODES, Query
 
 if TYPE_CHECKING:
     from daemon.progress import Progress
@@ -106,6 +106,7 @@ SEARCH_EPILOG = """examples:
   python -m daemon search "quarterly revenue"
   python -m daemon search "lattice theory" --zone papers --doc-type research_paper --limit 3
   python -m daemon search "invoice overdue" --json | jq -r .source_path
+  python -m daemon search '"error budget" -draft' --mode text   (phrases, -not, or)
 """
 REEMBED_EPILOG = """examples:
   python -m daemon reembed --provider sentence --model all-MiniLM-L6-v2 --replace
@@ -260,14 +261,19 @@ def _reembed_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _search_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    find = commands.add_parser("search", parents=[common], help="documents nearest in meaning",
+    find = commands.add_parser("search", parents=[common],
+                               help="documents that match, by words and meaning",
                                epilog=SEARCH_EPILOG, formatter_class=RAW,
-                               description="The documents nearest in meaning to QUERY, best "
-                               "first, each with its best chunk.")
+                               description="The documents that best match QUERY, by words and "
+                               "meaning, best first, each with an excerpt of its best chunk "
+                               "(query words **marked**).")
     find.add_argument("query", help="what to look for, in plain words")
     find.add_argument("--zone", help="only documents of this zone")
     find.add_argument("--doc-type", help="only documents of this doc_type")
     find.add_argument("--limit", type=int, default=10, help="documents to show (default 10)")
+    find.add_argument("--mode", choices=MODES, default="hybrid",
+                      help="hybrid: words and meaning fused (default); vector: meaning only; "
+                      "text: words only")
     find.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -364,7 +370,7 @@ DISPATCH: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "status": lambda settings, args: asyncio.run(status.run(settings, args.json)),
     "quarantine": _quarantine,
     "search": lambda settings, args: asyncio.run(search.run(settings, Query(
-        args.query, args.zone, args.doc_type, max(1, args.limit)), args.json)),
+        args.query, args.zone, args.doc_type, max(1, args.limit), args.mode), args.json)),
     "reembed": lambda settings, args: reembed.run(settings, args.provider, args.model,
                                                   args.zone, args.replace),
     "gc": lambda settings, args: asyncio.run(gc.run(settings, args.delete, args.min_age_s,

@@ -34,7 +34,7 @@ from daemon.retry import describe, is_transient
 
 log = get_logger("dropzone.database")
 SCHEMA_LOCK = 0x64726F70  # "drop": serialises schema creation across daemons
-SCHEMA_VERSION = 7  # schema.sql's version; bump it with every change to the schema
+SCHEMA_VERSION = 8  # schema.sql's version; bump it with every change to the schema
 EMBEDDED_DB = "dropzone"
 EMBEDDING_COLUMNS = ("document_id", "chunk_index", "s3_key", "doc_type", "content", "char_start",
                      "embedding", "model")

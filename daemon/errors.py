@@ -29,6 +29,10 @@ class ConfigError(DaemonError):
         super().__init__("; ".join(problems))
 
 
+class UsageError(DaemonError):
+    """The command line asks for something that cannot be done (one line says what)."""
+
+
 class TransientError(DaemonError):
     """Worth retrying: a dependency was unreachable, throttled or busy."""
 

@@ -14,7 +14,14 @@ from datetime import datetime
 import asyncpg
 
 from daemon.config import Settings
-from daemon.errors import EXIT_DEPENDENCY, EXIT_USAGE, ConfigError, DaemonError, DependencyError
+from daemon.errors import (
+    EXIT_DEPENDENCY,
+    EXIT_USAGE,
+    ConfigError,
+    DaemonError,
+    DependencyError,
+    UsageError,
+)
 from daemon.logs import redact_text
 from daemon.retry import describe
 
@@ -39,6 +46,8 @@ def explain(exc: BaseException, settings: Settings) -> tuple[str, int]:
     """A failure of an operator command in plain words with the fix, and its exit code."""
     if isinstance(exc, ConfigError):
         return f"config error: {exc}", EXIT_USAGE
+    if isinstance(exc, UsageError):
+        return str(exc), EXIT_USAGE
     text = redact_text(describe(exc))
     if isinstance(exc, DependencyError) and text.startswith(("postgres:", "embedded postgres:")):
         detail = text.split(": ", 1)[1]

@@ -295,6 +295,42 @@ SELECT e.document_id, e.chunk_index, e.content, 1 - (e.embedding <=> $1) AS scor
  ORDER BY e.embedding <=> $1
  LIMIT $5;
 
+-- name: search_text
+-- Full text: the $5 chunks of model $2 whose words match the query $1 (`websearch_to_tsquery`:
+-- words, "quoted phrases", -not, or), through the GIN index on content_words, by ts_rank_cd
+-- (how many query words, how close together), filtered by zone $3 and doc_type $4 when given.
+SELECT e.document_id, e.chunk_index, e.content, ts_rank_cd(e.content_words, q) AS score,
+       d.zone, d.doc_type, d.source_path, d.object_url, d.metadata
+  FROM document_embeddings e JOIN documents d ON d.id = e.document_id
+ CROSS JOIN websearch_to_tsquery('english', $1) AS q
+ WHERE e.content_words @@ q
+   AND e.model = $2
+   AND ($3::text IS NULL OR d.zone = $3)
+   AND ($4::text IS NULL OR e.doc_type = $4)
+ ORDER BY score DESC, e.id
+ LIMIT $5;
+
+-- name: search_text_some
+-- Hybrid, when few chunks hold every word: which of the chunks $3 (the vector ranking's, their
+-- text already in hand, so no row is read again) hold some of the words ($1, the words OR'ed)
+-- but not all ($2, the query), with their rank: (position in $3, rank).
+SELECT i, ts_rank_cd(w, $1::tsquery) AS score
+  FROM unnest($3::text[]) WITH ORDINALITY AS t (c, i)
+ CROSS JOIN LATERAL to_tsvector('english', c) AS w
+ WHERE w @@ $1::tsquery AND NOT w @@ $2::tsquery;
+
+-- name: query_lexemes
+-- The query $1 as full text search reads it, and how many words it has (0: empty, stopwords).
+SELECT numnode(q) AS words, q::text AS every FROM websearch_to_tsquery('english', $1) AS q;
+
+-- name: search_excerpts
+-- The chunks $1, each cut to the passage with the most query ($2) words, those marked **so**.
+SELECT ts_headline('english', c, websearch_to_tsquery('english', $2),
+                   'StartSel=**, StopSel=**, MinWords=15, MaxWords=35, MaxFragments=2, '
+                   'FragmentDelimiter=" … "')
+  FROM unnest($1::text[]) WITH ORDINALITY AS t (c, i)
+ ORDER BY i;
+
 -- name: search_array
 -- real[] (no pgvector): every chunk of model $2 scored in SQL by the dot product with $1 (the
 -- vectors are unit length, so this is the cosine; in float8, as products of float4 components

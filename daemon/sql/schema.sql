@@ -139,3 +139,13 @@ INSERT INTO dz_schema (version) VALUES (6) ON CONFLICT DO NOTHING;
 ALTER TABLE document_embeddings ALTER COLUMN embedding SET STORAGE MAIN;
 ALTER TABLE document_embeddings SET (toast_tuple_target = 8160);
 INSERT INTO dz_schema (version) VALUES (7) ON CONFLICT DO NOTHING;
+
+-- version 8: hybrid search. Each chunk's words (English stemming, stopwords dropped) kept as a
+-- tsvector the server computes on insert (so COPY, which names its columns, is unchanged), with
+-- a GIN index for `websearch_to_tsquery` matches. Adding the column rewrites the table once
+-- (every stored chunk is parsed: see docs/deploy.md "Upgrade and rollback").
+ALTER TABLE document_embeddings ADD COLUMN IF NOT EXISTS content_words tsvector
+    GENERATED ALWAYS AS (to_tsvector('english'::regconfig, content)) STORED;
+CREATE INDEX IF NOT EXISTS document_embeddings_words ON document_embeddings
+    USING gin (content_words);
+INSERT INTO dz_schema (version) VALUES (8) ON CONFLICT DO NOTHING;
