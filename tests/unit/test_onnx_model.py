@@ -3,6 +3,8 @@ and `model fetch` refusing what it cannot trust."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -135,3 +137,33 @@ def test_fetch_into_a_folder_that_cannot_be_made_is_one_line_and_exit_2(
     code = cli.main(["model", "fetch", "minilm", "--dir", str(tmp_path / "a-file" / "m")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "a-file" in err
+
+
+HIDE_INSTALLED_ONNX = """
+import importlib.machinery, sys
+class HideInstalledOnnx:
+    '''The venv's onnx cannot be imported; one pip put elsewhere can.'''
+    def find_spec(self, name, path=None, target=None):
+        if name != "onnx" and not name.startswith("onnx."):
+            return None
+        elsewhere = [p for p in (path or sys.path) if "site-packages" not in p]
+        spec = importlib.machinery.PathFinder.find_spec(name, elsewhere)
+        if spec is None:
+            raise ModuleNotFoundError(f"no module named {name!r} (hidden)", name=name)
+        return spec
+sys.meta_path.insert(0, HideInstalledOnnx())
+from daemon import cli
+sys.exit(cli.main(["model", "fetch", "minilm", "--dir", sys.argv[1]]))
+"""
+
+
+def test_fetch_without_onnx_installed_brings_its_own(onnx_model: Path, tmp_path: Path) -> None:
+    """The [onnx] extra leaves out the onnx package (only the fetch's quantiser needs it): a
+    fetch without it installs one for itself and makes the very same model.onnx."""
+    folder = tmp_path / "model"
+    done = subprocess.run([sys.executable, "-c", HIDE_INSTALLED_ONNX, str(folder)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert is_complete(folder)
+    assert (folder / "model.onnx").read_bytes() == (onnx_model / "model.onnx").read_bytes()
+    assert not list(tmp_path.glob(".fetch-*")), "its temporary folder, and the onnx in it, go"
