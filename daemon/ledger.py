@@ -307,6 +307,12 @@ class Ledger:
         self._forget(ids)
         self.wakeup.set()
 
+    async def tracked_each(self, ids: Sequence[int], run_ids: Sequence[str]) -> None:
+        """One run per file: `tracked` for a whole batch at once, each file its own run."""
+        await self.sessions.execute(sql("tracked_each"), self.owner, list(ids), list(run_ids))
+        self._forget(ids)
+        self.wakeup.set()
+
     async def unfinished(self, horizon: int, stages: Sequence[str]) -> int:
         """Files up to `horizon` (an id) still in one of `stages`."""
         return int(await self.sessions.fetchval(sql("unfinished"), self.zones, horizon,

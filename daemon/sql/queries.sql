@@ -171,6 +171,24 @@ WITH marked AS (
 UPDATE documents SET mlflow_run_id = $3
  WHERE id IN (SELECT document_id FROM marked WHERE document_id IS NOT NULL);
 
+-- name: tracked_each
+-- One run per file: as `tracked`, each file (and its document) with its own run id ($3, in
+-- the order of the ids in $2), in one statement for the whole batch.
+WITH runs AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[]) AS r(id, run_id)
+), marked AS (
+    UPDATE dz_files f
+       SET mlflow_run_id = r.run_id, reported = true,
+           stage = CASE WHEN f.stage = 'track' THEN 'finish' ELSE f.stage END,
+           claimed_by = NULL, lease_until = NULL, updated_at = now()
+      FROM runs r
+     WHERE f.id = r.id AND f.claimed_by = $1
+    RETURNING f.document_id, r.run_id
+)
+UPDATE documents d SET mlflow_run_id = m.run_id
+  FROM marked m
+ WHERE d.id = m.document_id;
+
 -- name: unfinished
 -- Work a --once run still waits for: file versions up to its horizon still in these stages.
 SELECT count(*) FROM dz_files

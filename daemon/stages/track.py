@@ -161,5 +161,4 @@ async def _per_file(rows: Sequence[FileRow], env: Env, resumed: bool) -> None:
                    [metrics([r]) for r in stored], resumed)
     run_ids = await env.sessions.mlflow(call, "mlflow file runs")
     failpoints.hit("after_mlflow")
-    for row, run_id in zip(stored, run_ids, strict=True):
-        await env.ledger.tracked([row.id], run_id)
+    await env.ledger.tracked_each([row.id for row in stored], run_ids)

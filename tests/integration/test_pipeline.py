@@ -97,7 +97,8 @@ async def test_a_second_once_finds_nothing_and_makes_no_run(
 
 async def test_run_per_file_gives_each_file_its_run(
         tmp_path: Path, database_url: str, s3_endpoint: str, bucket: str) -> None:
-    """`run_per_file: true`: one run per stored file, tagged with its sha256."""
+    """`run_per_file: true`: one run per stored file, tagged with its sha256; the ledger and
+    each document name that file's own run."""
     path, settings = configure(tmp_path, database_url, s3_endpoint, bucket,
                                mlflow={"run_per_file": True})
     corpus(tmp_path / "zones" / "docs")
@@ -106,6 +107,10 @@ async def test_run_per_file_gives_each_file_its_run(
     shas = sorted(d["sha256"] for d in sinks.documents())
     assert sorted(r["sha256"] for r in sinks.mlflow_records()) == shas
     assert len(sinks.mlflow_runs()) == len(shas)
+    runs = {r["sha256"]: r["run_id"] for r in sinks.mlflow_records()}
+    assert {d["sha256"]: d["mlflow_run_id"] for d in sinks.documents()} == runs
+    stored = [f for f in sinks.ledger() if f["document_id"] is not None]
+    assert stored and all(f["mlflow_run_id"] == runs[f["sha256"]] for f in stored)
 
 
 async def test_a_file_that_cannot_be_processed_is_quarantined_with_its_reason(
