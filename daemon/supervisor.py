@@ -536,6 +536,7 @@ class Supervisor:
             recorded = await self._record_and_finish(env, horizon)
         except BaseException:
             building.cancel()
+            await asyncio.gather(building, return_exceptions=True)
             raise
         self._index_shown = True  # the bars of recording and finishing are done
         await building
@@ -574,13 +575,15 @@ class Supervisor:
             return
         build = asyncio.ensure_future(index.upkeep())
         stop = asyncio.ensure_future(self.should_exit.wait())
-        await asyncio.wait({build, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not build.done():
-            build.cancel()
-            await asyncio.gather(build, return_exceptions=True)
-            log.warning("search_index_not_built", reason="stop requested",
-                        effect="search works without it; the next run builds it")
+        try:
+            await asyncio.wait({build, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled: asyncio.wait leaves its tasks running
+            stop.cancel()
+            if not build.done():
+                build.cancel()
+                await asyncio.gather(build, return_exceptions=True)
+                log.warning("search_index_not_built", reason="the run stopped first",
+                            effect="search works without it; the next run builds it")
 
     def _index_progress(self, chunks_left: int) -> None:
         if self.progress is not None and self._index_shown:
