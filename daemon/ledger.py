@@ -303,13 +303,11 @@ class Ledger:
         return sorted(rows, key=lambda r: r.id), resumed
 
     async def tracked(self, ids: Sequence[int], run_id: str | None) -> None:
-        await self.sessions.execute(sql("tracked"), self.owner, list(ids), run_id)
-        self._forget(ids)
-        self.wakeup.set()
+        await self.tracked_each(ids, [run_id] * len(ids))
 
-    async def tracked_each(self, ids: Sequence[int], run_ids: Sequence[str]) -> None:
-        """One run per file: `tracked` for a whole batch at once, each file its own run."""
-        await self.sessions.execute(sql("tracked_each"), self.owner, list(ids), list(run_ids))
+    async def tracked_each(self, ids: Sequence[int], run_ids: Sequence[str | None]) -> None:
+        """The files' MLflow records exist, each file's in run `run_ids[i]`."""
+        await self.sessions.execute(sql("tracked"), self.owner, list(ids), list(run_ids))
         self._forget(ids)
         self.wakeup.set()
 

@@ -158,22 +158,9 @@ UPDATE dz_files AS f
 RETURNING f.*;
 
 -- name: tracked
--- The MLflow record exists: stored files go on to finish, failures count as reported, and
--- documents learn their run id.
-WITH marked AS (
-    UPDATE dz_files
-       SET mlflow_run_id = $3, reported = true,
-           stage = CASE WHEN stage = 'track' THEN 'finish' ELSE stage END,
-           claimed_by = NULL, lease_until = NULL, updated_at = now()
-     WHERE id = ANY($2::bigint[]) AND claimed_by = $1
-    RETURNING document_id
-)
-UPDATE documents SET mlflow_run_id = $3
- WHERE id IN (SELECT document_id FROM marked WHERE document_id IS NOT NULL);
-
--- name: tracked_each
--- One run per file: as `tracked`, each file (and its document) with its own run id ($3, in
--- the order of the ids in $2), in one statement for the whole batch.
+-- The MLflow records exist: stored files go on to finish, failures count as reported, and
+-- documents learn their run id. Each file $2 with its run id $3 (in the same order: one run
+-- for a batch, or one per file; NULL for failures, which get no run).
 WITH runs AS (
     SELECT * FROM unnest($2::bigint[], $3::text[]) AS r(id, run_id)
 ), marked AS (
